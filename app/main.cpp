@@ -1,0 +1,154 @@
+// npusim command line: parses arguments and calls the library (app/session.hpp). Only this file
+// catches errors and maps them to exit codes (2 config, 3 internal, 4 simulation).
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <chrono>
+#include <filesystem>
+#include <iostream>
+
+#include "app/session.hpp"
+#include "common/errors.hpp"
+#include "reports/writers.hpp"
+
+namespace {
+
+using namespace npusim;
+
+std::string command_line(int argc, char** argv) {
+  std::string s;
+  for (int i = 0; i < argc; ++i) s += (i ? " " : "") + std::string(argv[i]);
+  return s;
+}
+
+int cmd_hw_list() {
+  for (const auto& name : app::list_presets()) {
+    sim::HardwareSpec hw = app::load_hardware(name);
+    fmt::print("{:<20} arch {}  {} AIC / {} AIV  {} MHz  HBM {} GB/s  L2 {} MiB  fp16 {:.1f} TFLOPS\n", name, hw.npu_arch,
+               hw.num_aic, hw.num_aiv, hw.freq_mhz, hw.hbm.peak_bw_gbs, hw.l2.size_mib, hw.peak_tflops(sim::DType::Fp16));
+  }
+  return kExitOk;
+}
+
+int cmd_hw_show(const std::string& name, const std::vector<std::string>& sets) {
+  sim::HardwareSpec hw = app::load_hardware(name, sets);
+  fmt::print("# {} (resolved; override any value with --set hardware.<name>=<value>)\n", hw.name);
+  for (const auto& p : sim::describe_hardware(hw))
+    fmt::print("{:<44} {:>14} {:<16} # {}\n", p.info.name, p.value, p.info.unit, p.info.description);
+  fmt::print("{:<44} {:>14.1f} {:<16} # derived: 2 x 256 x k0 x num_aic x freq\n", "peak.fp16_tflops",
+             hw.peak_tflops(sim::DType::Fp16), "TFLOPS");
+  return kExitOk;
+}
+
+struct RunArgs {
+  std::vector<std::string> configs;
+  std::vector<std::string> sets;
+  std::string json, trace, out;
+  bool quiet = false;
+};
+
+int cmd_check(const RunArgs& a) {
+  for (const auto& c : a.configs) {
+    app::LoadedRun run = app::load_run(c, a.sets);
+    fmt::print("{}: ok ({} on {}, tiling {}{})\n", c, run.kernel->name(), run.hw.name, run.kernel->tiling_json().dump(),
+               run.kernel->tiling_is_default() ? " (default)" : "");
+  }
+  return kExitOk;
+}
+
+int cmd_run(const RunArgs& a, const std::string& cmdline) {
+  auto t0 = std::chrono::steady_clock::now();
+  // Load every config first, so a bad one fails before any simulation runs.
+  std::vector<app::LoadedRun> runs;
+  for (const auto& c : a.configs) runs.push_back(app::load_run(c, a.sets));
+  if ((!a.trace.empty() || !a.json.empty()) && runs.size() > 1) {
+    // One report per run set: hardware must agree for a single header.
+    for (const auto& r : runs)
+      if (r.hw.name != runs.front().hw.name)
+        throw ConfigError(fmt::format("--json/--trace with several configs need one hardware preset; found {} and {}",
+                                      runs.front().hw.name, r.hw.name));
+  }
+  std::vector<reports::RunReport> reports_by_hw;
+  reports::RunReport report = app::make_report(runs.front().hw, a.configs.size() == 1 ? a.configs.front() : "", cmdline);
+  reports::Trace trace;
+  std::string table;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    sim::SimOptions opt;
+    opt.trace = !a.trace.empty() && i == 0;
+    app::RunOutput out = app::execute(runs[i], opt);
+    if (opt.trace) trace = app::make_trace(runs[i].hw, out.sim);
+    reports::RunReport one = app::make_report(runs[i].hw, a.configs[i], cmdline);
+    one.kernels.push_back(out.kernel);
+    report.kernels.push_back(out.kernel);
+    std::string t = reports::format_table(one);
+    table += i == 0 ? t : t.substr(t.find('\n') + 1);
+  }
+  report.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::string json_path = a.json, trace_path = a.trace;
+  if (!a.out.empty()) {
+    std::filesystem::create_directories(a.out);
+    if (json_path.empty()) json_path = (std::filesystem::path(a.out) / "report.json").string();
+  }
+  if (!json_path.empty()) reports::write_file_atomic(json_path, reports::to_json(report).dump(2) + "\n");
+  if (!trace_path.empty()) reports::write_file_atomic(trace_path, reports::trace_json(trace).dump() + "\n");
+  if (!a.quiet) fmt::print("{}", table);
+  return kExitOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App cli{"npusim: a cycle-approximate Ascend-class NPU workbench"};
+  cli.require_subcommand(1);
+  cli.set_version_flag("--version", fmt::format("npusim {} (git {})", app::tool_version(), app::git_revision()));
+
+  RunArgs run_args;
+  auto add_run_opts = [&](CLI::App* sub, bool outputs) {
+    sub->add_option("configs", run_args.configs, "run config YAML file(s)")->required();
+    sub->add_option("--set", run_args.sets, "override a key: hardware.<param>=V, workload.<key>=V, tiling.<key>=V");
+    if (outputs) {
+      sub->add_option("--json", run_args.json, "write the JSON report here");
+      sub->add_option("--trace", run_args.trace, "write a Chrome/Perfetto trace of the first config here");
+      sub->add_option("--out", run_args.out, "write report.json into this folder");
+      sub->add_flag("--quiet", run_args.quiet, "do not print the table");
+    }
+  };
+  CLI::App* run = cli.add_subcommand("run", "simulate config(s) and print the utilization table");
+  add_run_opts(run, true);
+  CLI::App* check = cli.add_subcommand("check", "validate config(s) without simulating");
+  add_run_opts(check, false);
+  CLI::App* hw = cli.add_subcommand("hw", "hardware presets");
+  hw->require_subcommand(1);
+  hw->add_subcommand("list", "list the presets");
+  CLI::App* show = hw->add_subcommand("show", "print a preset's resolved parameters with units");
+  std::string hw_name;
+  std::vector<std::string> hw_sets;
+  show->add_option("name", hw_name, "preset name or hardware YAML path")->required();
+  show->add_option("--set", hw_sets, "override hardware.<param>=<value>");
+
+  try {
+    cli.parse(argc, argv);
+  } catch (const CLI::Success& e) {
+    return cli.exit(e);
+  } catch (const CLI::ParseError& e) {
+    cli.exit(e);
+    return kExitConfig;
+  }
+
+  try {
+    if (*run) return cmd_run(run_args, command_line(argc, argv));
+    if (*check) return cmd_check(run_args);
+    if (hw->got_subcommand("list")) return cmd_hw_list();
+    if (hw->got_subcommand("show")) return cmd_hw_show(hw_name, hw_sets);
+  } catch (const ConfigError& e) {
+    fmt::print(stderr, "error: {}\n", e.what());
+    return kExitConfig;
+  } catch (const SimError& e) {
+    fmt::print(stderr, "simulation error: {}\n", e.what());
+    return kExitSim;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "internal error: {}\n", e.what());
+    return kExitInternal;
+  }
+  return kExitInternal;
+}

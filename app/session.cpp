@@ -1,0 +1,238 @@
+#include "app/session.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <set>
+
+#include "common/text.hpp"
+#include "common/yaml_reader.hpp"
+
+#ifndef NPUSIM_CONFIG_DIR
+#define NPUSIM_CONFIG_DIR "configs"
+#endif
+#ifndef NPUSIM_GIT_REV
+#define NPUSIM_GIT_REV "unknown"
+#endif
+#ifndef NPUSIM_VERSION
+#define NPUSIM_VERSION "0.0.0"
+#endif
+
+namespace npusim::app {
+namespace fs = std::filesystem;
+
+std::string tool_version() { return NPUSIM_VERSION; }
+std::string git_revision() { return NPUSIM_GIT_REV; }
+
+std::string config_dir() {
+  if (const char* env = std::getenv("NPUSIM_CONFIG_DIR"); env && *env) return env;
+  return NPUSIM_CONFIG_DIR;
+}
+
+std::vector<std::string> list_presets() {
+  std::vector<std::string> out;
+  fs::path dir = fs::path(config_dir()) / "hardware";
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    if (entry.path().extension() != ".yaml") continue;
+    try {
+      YAML::Node n = YAML::LoadFile(entry.path().string());
+      if (n.IsMap() && n["name"]) out.push_back(entry.path().stem().string());
+    } catch (const YAML::Exception&) {
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+namespace {
+
+// Finds the preset file for `name`, or throws with the nearest preset name.
+std::string preset_file(const std::string& name, const SourceLoc& where) {
+  if (name.find('/') != std::string::npos || name.ends_with(".yaml")) {
+    if (!fs::exists(name)) throw ConfigError(where, fmt::format("hardware file '{}' not found", name));
+    return name;
+  }
+  auto presets = list_presets();
+  if (std::find(presets.begin(), presets.end(), name) == presets.end())
+    throw ConfigError(where, fmt::format("unknown hardware preset '{}'{}; known presets: {}", name,
+                                         did_you_mean(name, presets), join(presets)));
+  return (fs::path(config_dir()) / "hardware" / (name + ".yaml")).string();
+}
+
+void apply_sets(const std::vector<std::string>& sets, const std::string& prefix,
+                const std::shared_ptr<YamlDoc>& doc) {
+  for (const auto& arg : sets) {
+    auto [key, value] = parse_set_arg(arg);
+    if (key.rfind(prefix + ".", 0) == 0) doc->set_override(key.substr(prefix.size() + 1), value, "--set " + arg);
+  }
+}
+
+}  // namespace
+
+sim::HardwareSpec load_hardware(const std::string& name_or_path, const std::vector<std::string>& sets) {
+  auto doc = YamlDoc::load_layered(preset_file(name_or_path, SourceLoc{"", 0, 0, "hardware"}), "hardware");
+  for (const auto& arg : sets) {
+    auto [key, value] = parse_set_arg(arg);
+    if (key.rfind("hardware.", 0) != 0)
+      throw ConfigError(SourceLoc{"--set " + arg, 0, 0, key}, "only hardware.<param> can be set here");
+  }
+  apply_sets(sets, "hardware", doc);
+  return sim::parse_hardware(doc);
+}
+
+LoadedRun load_run(const std::string& config_file, const std::vector<std::string>& sets) {
+  auto doc = YamlDoc::load(config_file);
+  const std::vector<std::string> sections{"hardware", "workload", "tiling"};
+  for (const auto& arg : sets) {
+    auto [key, value] = parse_set_arg(arg);
+    std::string top = key.substr(0, key.find('.'));
+    if (std::find(sections.begin(), sections.end(), top) == sections.end() || top == key)
+      throw ConfigError(SourceLoc{"--set " + arg, 0, 0, key},
+                        fmt::format("unknown key path '{}'{}; expected hardware.<param>, workload.<key> or tiling.<key>",
+                                    key, did_you_mean(top, sections)));
+  }
+  // Workload and tiling overrides edit the config itself; hardware ones edit the resolved preset.
+  for (const auto& arg : sets) {
+    auto [key, value] = parse_set_arg(arg);
+    if (key.rfind("hardware.", 0) != 0) doc->set_override(key, value, "--set " + arg);
+  }
+  YamlNode root = doc->root();
+  if (!root.is_map()) root.fail("expected a map with keys hardware, workload and (optionally) tiling");
+
+  LoadedRun run;
+  run.config_file = config_file;
+  YamlNode hwnode = root.at("hardware");
+  std::shared_ptr<YamlDoc> hwdoc;
+  if (hwnode.is_map()) {
+    // hardware: {preset: NAME, <param overrides>...}
+    YamlNode preset = hwnode.at("preset");
+    hwdoc = YamlDoc::load_layered(preset_file(preset.as_string(), preset.loc()), "hardware");
+    YAML::Node overrides(YAML::NodeType::Map);
+    for (const auto& kv : hwnode.raw())
+      if (kv.first.as<std::string>() != "preset") overrides[kv.first.as<std::string>()] = kv.second;
+    hwdoc->overlay(overrides, config_file);
+    hwnode.consume_all();  // checked against the parameter table by parse_hardware instead
+  } else {
+    hwdoc = YamlDoc::load_layered(preset_file(hwnode.as_string(), hwnode.loc()), "hardware");
+  }
+  apply_sets(sets, "hardware", hwdoc);
+  run.hw = sim::parse_hardware(hwdoc);
+
+  YamlNode workload = root.at("workload");
+  auto tiling = root.get("tiling");
+  run.kernel = kernels::make_kernel(workload, tiling, run.hw);
+  doc->finish();
+  kernels::Status st = run.kernel->can_implement(run.hw);
+  if (!st.ok) {
+    SourceLoc where{config_file, 0, 0, st.key};
+    // Point at the offending key when the config has it, else at the tiling or workload section.
+    std::string section = st.key.substr(0, st.key.find('.'));
+    std::string leaf = st.key.find('.') == std::string::npos ? "" : st.key.substr(st.key.find('.') + 1);
+    if (section == "tiling" && tiling) {
+      where = tiling->has(leaf) ? tiling->at(leaf).loc() : tiling->loc();
+    } else if (section == "workload") {
+      where = workload.has(leaf) ? workload.at(leaf).loc() : workload.loc();
+    }
+    where.key_path = st.key;
+    std::string hint = run.kernel->tiling_is_default() ? " (the default tiling heuristic chose it; give `tiling:` to pick another)" : "";
+    throw ConfigError(where, "tiling does not fit: " + st.reason + hint);
+  }
+  return run;
+}
+
+reports::KernelReport summarize(const sim::HardwareSpec& hw, const kernels::Kernel& k, const sim::SimResult& r) {
+  reports::KernelReport out;
+  out.name = k.name();
+  out.op = k.op();
+  out.tiling = k.tiling_json();
+  out.tiling_default = k.tiling_is_default();
+  out.cycles = static_cast<uint64_t>(std::ceil(r.cycles));
+  out.time_us = hw.cycles_to_us(r.cycles);
+  out.flops = k.flops();
+  out.tflops = out.time_us > 0 ? out.flops / (out.time_us * 1e6) : 0;
+  out.peak_fraction = r.cycles > 0 ? out.flops / (r.cycles * k.peak_flops_per_cycle(hw)) : 0;
+  out.instructions = r.instructions;
+  std::array<double, sim::kNumPipes> busy{};
+  for (const auto& u : r.units) {
+    (u.kind == sim::CoreKind::Aic ? out.aic_used : out.aiv_used)++;
+    for (int p = 0; p < sim::kNumPipes; ++p) busy[p] += u.pipes[p].busy_cycles;
+  }
+  auto frac = [&](sim::Pipe p, int cores) {
+    return r.cycles > 0 ? busy[static_cast<int>(p)] / (static_cast<double>(cores) * r.cycles) : 0.0;
+  };
+  auto& u = out.utilization;
+  u.cube = frac(sim::Pipe::M, hw.num_aic);
+  u.mte1 = frac(sim::Pipe::Mte1, hw.num_aic);
+  u.fixpipe = frac(sim::Pipe::Fixpipe, hw.num_aic);
+  u.vector = frac(sim::Pipe::V, hw.num_aiv);
+  u.mte3 = frac(sim::Pipe::Mte3, hw.num_aiv);
+  // MTE2 exists on both kinds; the average is over every core that has one.
+  u.mte2 = frac(sim::Pipe::Mte2, hw.num_aic + hw.num_aiv);
+  const auto& m = r.mem;
+  out.bytes.gm_read = m.gm_read_bytes;
+  out.bytes.gm_write = m.gm_write_bytes;
+  out.bytes.hbm_read = m.hbm_read_bytes;
+  out.bytes.hbm_write = m.hbm_write_bytes + m.hbm_flush_bytes;
+  out.bytes.l2_hit_rate = m.l2_hit_rate();
+  // Bandwidth use counts the traffic HBM served during the kernel (the final write-back is later).
+  u.hbm_bw = r.cycles > 0 ? (m.hbm_read_bytes + m.hbm_write_bytes) / (r.cycles * hw.hbm_bytes_per_cycle()) : 0;
+  return out;
+}
+
+RunOutput execute(const LoadedRun& run, const sim::SimOptions& opt) {
+  sim::Program prog = run.kernel->lower(run.hw);
+  RunOutput out;
+  out.sim = sim::simulate(run.hw, prog, opt);
+  out.kernel = summarize(run.hw, *run.kernel, out.sim);
+  return out;
+}
+
+reports::RunReport make_report(const sim::HardwareSpec& hw, const std::string& config_file,
+                               const std::string& command_line) {
+  reports::RunReport r;
+  r.tool_version = tool_version();
+  r.git_revision = git_revision();
+  r.command_line = command_line;
+  r.config_file = config_file;
+  r.hardware_name = hw.name;
+  r.freq_mhz = hw.freq_mhz;
+  r.hbm_peak_gbs = hw.hbm.peak_bw_gbs;
+  for (const auto& p : sim::describe_hardware(hw)) r.hardware.push_back({p.info.name, p.info.unit, p.value});
+  return r;
+}
+
+reports::Trace make_trace(const sim::HardwareSpec& hw, const sim::SimResult& r) {
+  reports::Trace t;
+  std::map<std::pair<uint32_t, int>, uint32_t> track_of;
+  auto cycles_to_us = [&](double c) {
+    // Quantise to whole nanoseconds so slice ends and starts compare exactly.
+    return std::round(c * 1e3 / hw.freq_mhz) / 1e3;
+  };
+  for (const auto& s : r.slices) {
+    auto key = std::pair{s.unit, static_cast<int>(s.pipe)};
+    auto it = track_of.find(key);
+    if (it == track_of.end()) {
+      const auto& u = r.units[s.unit];
+      int process = u.kind == sim::CoreKind::Aic ? u.index * (1 + hw.aiv_per_aic)
+                                                 : (u.index / hw.aiv_per_aic) * (1 + hw.aiv_per_aic) + 1 + u.index % hw.aiv_per_aic;
+      it = track_of.emplace(key, static_cast<uint32_t>(t.tracks.size())).first;
+      t.tracks.push_back({process, static_cast<int>(s.pipe) + 1,
+                          fmt::format("{}{}", sim::core_kind_name(u.kind), u.index), std::string(sim::pipe_name(s.pipe))});
+    }
+    std::string name, cat;
+    switch (s.op) {
+      case sim::Op::Copy: name = std::string(sim::path_name(static_cast<sim::Path>(s.sub))); cat = "copy"; break;
+      case sim::Op::Mmad: name = fmt::format("mmad {}", sim::dtype_name(static_cast<sim::DType>(s.sub))); cat = "cube"; break;
+      case sim::Op::Vector: name = std::string(sim::vec_op_name(static_cast<sim::VecOp>(s.sub))); cat = "vector"; break;
+      default: name = "sync"; cat = "sync";
+    }
+    double start = cycles_to_us(s.start), end = cycles_to_us(s.end);
+    t.slices.push_back({it->second, name, cat, start, std::round((end - start) * 1e3) / 1e3});
+  }
+  return t;
+}
+
+}  // namespace npusim::app

@@ -1,0 +1,55 @@
+// What the command line does, as library calls: load a run config (hardware preset + overrides,
+// workload, tiling) into specs, check it, simulate it, and turn the result into a report.
+// Tests, benchmarks and (later) the tuner call these directly.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/kernel.hpp"
+#include "reports/result.hpp"
+#include "sim/engine.hpp"
+#include "sim/hardware_spec.hpp"
+
+namespace npusim::app {
+
+// Folder holding hardware/ presets: $NPUSIM_CONFIG_DIR, else the source tree's configs/.
+std::string config_dir();
+
+// Names of the hardware presets (files in configs/hardware/ with a `name:` key).
+std::vector<std::string> list_presets();
+
+// Resolves a preset name or a path to a hardware YAML, applying `hardware.*` --set overrides.
+sim::HardwareSpec load_hardware(const std::string& name_or_path, const std::vector<std::string>& sets = {});
+
+struct LoadedRun {
+  std::string config_file;
+  sim::HardwareSpec hw;
+  std::unique_ptr<kernels::Kernel> kernel;
+};
+
+// Parses and validates a run config; a tiling that cannot run is a ConfigError at its key.
+LoadedRun load_run(const std::string& config_file, const std::vector<std::string>& sets = {});
+
+struct RunOutput {
+  reports::KernelReport kernel;
+  sim::SimResult sim;
+};
+
+RunOutput execute(const LoadedRun& run, const sim::SimOptions& opt = {});
+
+// Builds the report's kernel entry from a simulation.
+reports::KernelReport summarize(const sim::HardwareSpec& hw, const kernels::Kernel& k, const sim::SimResult& r);
+
+// The report header (tool, hardware parameters) for a run on `hw`.
+reports::RunReport make_report(const sim::HardwareSpec& hw, const std::string& config_file,
+                               const std::string& command_line);
+
+// One track per core and pipe that did work.
+reports::Trace make_trace(const sim::HardwareSpec& hw, const sim::SimResult& r);
+
+std::string tool_version();
+std::string git_revision();
+
+}  // namespace npusim::app

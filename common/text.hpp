@@ -1,0 +1,19 @@
+// Small string helpers shared by config parsing and reports.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace npusim {
+
+// Levenshtein distance, used to suggest the nearest valid name.
+size_t edit_distance(std::string_view a, std::string_view b);
+
+// " (did you mean 'x'?)" when a candidate is close enough, else "".
+std::string did_you_mean(std::string_view word, const std::vector<std::string>& candidates);
+
+// "a, b, c"
+std::string join(const std::vector<std::string>& items, std::string_view sep = ", ");
+
+}  // namespace npusim

@@ -1,0 +1,148 @@
+#include "kernels/elementwise.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+namespace npusim::kernels {
+
+using sim::DType;
+using sim::Path;
+using sim::Pipe;
+
+namespace {
+constexpr int64_t kMaxRepeat = 255;   // repeats one vector instruction can take
+constexpr int64_t kRepeatBytes = 256;  // one repeat covers 256 B of the widest operand
+}  // namespace
+
+ElementwiseTiling default_elementwise_tiling(const ElementwiseShape& s, const sim::HardwareSpec& hw) {
+  ElementwiseTiling t;
+  t.buffers = 2;
+  t.cores = hw.num_aiv;
+  const int64_t per_elem = (sim::vec_op_sources(s.op) ? sim::vec_op_sources(s.op) : 0) * sim::dtype_bytes(s.in) +
+                           sim::dtype_bytes(s.out);
+  int64_t tile = std::min<int64_t>(32768 / std::max(sim::dtype_bytes(s.in), sim::dtype_bytes(s.out)),
+                                   hw.aiv.ub_bytes / (t.buffers * per_elem));
+  tile = tile / 128 * 128;
+  const int64_t per_core = ceil_div(s.elems, t.cores);
+  t.tile_elems = std::max<int64_t>(128, std::min(tile, round_up(per_core, 128)));
+  return t;
+}
+
+std::string ElementwiseKernel::name() const {
+  std::string dims;
+  for (size_t i = 0; i < s_.dims.size(); ++i) dims += (i ? "x" : "") + std::to_string(s_.dims[i]);
+  return fmt::format("{}_{}_{}", sim::vec_op_name(s_.op), dims, sim::dtype_name(s_.in));
+}
+
+nlohmann::json ElementwiseKernel::tiling_json() const {
+  return {{"tile_elems", t_.tile_elems}, {"buffers", t_.buffers}, {"cores", t_.cores}};
+}
+
+double ElementwiseKernel::compulsory_bytes() const {
+  return static_cast<double>(s_.elems) * (inputs() * sim::dtype_bytes(s_.in) + sim::dtype_bytes(s_.out));
+}
+
+Status ElementwiseKernel::can_implement(const sim::HardwareSpec& hw) const {
+  const int in_b = sim::dtype_bytes(s_.in), out_b = sim::dtype_bytes(s_.out);
+  if (!(hw.aiv.vec_rate[static_cast<int>(s_.op)][static_cast<int>(s_.in)] > 0))
+    return Status::bad("workload.dtype", fmt::format("{} has no vector {} for {}", hw.name, sim::vec_op_name(s_.op),
+                                                     sim::dtype_name(s_.in)));
+  if ((t_.tile_elems * in_b) % 32 || (t_.tile_elems * out_b) % 32)
+    return Status::bad("tiling.tile_elems", fmt::format("a tile of {} elements is not a multiple of the 32-byte UB block", t_.tile_elems));
+  if (t_.buffers < 1 || t_.buffers > hw.sync.event_ids)
+    return Status::bad("tiling.buffers", fmt::format("buffers must be 1..{}, found {}", hw.sync.event_ids, t_.buffers));
+  int64_t ub = static_cast<int64_t>(t_.buffers) * t_.tile_elems * (inputs() * in_b + out_b);
+  if (ub > hw.aiv.ub_bytes)
+    return Status::bad("tiling.tile_elems", fmt::format("{} buffers x {} elements x ({} inputs x {} B + {} B out) = {} B exceed UB ({} B)",
+                                                        t_.buffers, t_.tile_elems, inputs(), in_b, out_b, ub, hw.aiv.ub_bytes));
+  if (t_.cores < 1 || t_.cores > hw.num_aiv)
+    return Status::bad("tiling.cores", fmt::format("cores must be 1..{} AIVs on {}, found {}", hw.num_aiv, hw.name, t_.cores));
+  return Status::good();
+}
+
+sim::Program ElementwiseKernel::lower(const sim::HardwareSpec& hw) const {
+  (void)hw;
+  const int in_b = sim::dtype_bytes(s_.in), out_b = sim::dtype_bytes(s_.out);
+  GmAllocator gm;
+  std::vector<uint64_t> in_base;
+  for (int i = 0; i < inputs(); ++i) in_base.push_back(gm.alloc(s_.elems * in_b));
+  const uint64_t out_base = gm.alloc(s_.elems * out_b);
+  sim::Program prog;
+  prog.name = name();
+  prog.gm_footprint_bytes = gm.footprint();
+
+  // Whole tiles are dealt out evenly; the last core's last tile may be partial.
+  const int64_t tiles = ceil_div(s_.elems, t_.tile_elems);
+  const int cores = static_cast<int>(std::min<int64_t>(t_.cores, tiles));
+  const int64_t per_instr = kMaxRepeat * kRepeatBytes / std::max(in_b, out_b);
+  const int nb = t_.buffers;
+  for (int c = 0; c < cores; ++c) {
+    const int64_t first = tiles * c / cores, last = tiles * (c + 1) / cores;
+    sim::CoreProgram cp{sim::CoreKind::Aiv, c, {}};
+    sim::CoreBuilder b(cp);
+    for (int q = 0; q < nb; ++q) {
+      b.set_flag(Pipe::V, Pipe::Mte2, q);
+      b.set_flag(Pipe::Mte3, Pipe::V, q);
+    }
+    for (int64_t t = first; t < last; ++t) {
+      const int q = static_cast<int>((t - first) % nb);
+      const int64_t off = t * t_.tile_elems, n = std::min(t_.tile_elems, s_.elems - off);
+      b.wait_flag(Pipe::V, Pipe::Mte2, q);
+      for (uint64_t base : in_base)
+        b.copy(Path::GmToUb, uint32_t(n * in_b), sim::GmRegion{base + off * in_b, 1, uint32_t(n * in_b), uint64_t(n * in_b)});
+      b.set_flag(Pipe::Mte2, Pipe::V, q);
+      b.wait_flag(Pipe::Mte2, Pipe::V, q);
+      b.wait_flag(Pipe::Mte3, Pipe::V, q);
+      for (int64_t done = 0; done < n; done += per_instr)
+        b.vec(s_.op, s_.in, uint32_t(std::min(per_instr, n - done)));
+      b.set_flag(Pipe::V, Pipe::Mte2, q);
+      b.set_flag(Pipe::V, Pipe::Mte3, q);
+      b.wait_flag(Pipe::V, Pipe::Mte3, q);
+      b.copy(Path::UbToGm, uint32_t(n * out_b), sim::GmRegion{out_base + off * out_b, 1, uint32_t(n * out_b), uint64_t(n * out_b)});
+      b.set_flag(Pipe::Mte3, Pipe::V, q);
+    }
+    for (int q = 0; q < nb; ++q) {
+      b.wait_flag(Pipe::V, Pipe::Mte2, q);
+      b.wait_flag(Pipe::Mte3, Pipe::V, q);
+    }
+    prog.cores.push_back(std::move(cp));
+  }
+  return prog;
+}
+
+std::unique_ptr<Kernel> make_elementwise(const YamlNode& w, const std::optional<YamlNode>& tiling,
+                                         const sim::HardwareSpec& hw) {
+  ElementwiseShape s;
+  s.op = *sim::vec_op_from_name(w.at("op").as_string());
+  YamlNode shape = w.at("shape");
+  s.dims = shape.as_int_list();
+  if (s.dims.empty()) shape.fail("expected a non-empty list of dimensions");
+  s.elems = 1;
+  for (auto d : s.dims) {
+    if (d <= 0) shape.fail(fmt::format("dimensions must be > 0, found {}", d));
+    if (s.elems > (int64_t(1) << 40) / d) shape.fail("more than 2^40 elements are not supported");
+    s.elems *= d;
+  }
+  const std::vector<std::string> types{"fp16", "bf16", "fp32", "int32"};
+  s.in = *sim::dtype_from_name(w.at("dtype").as_enum(types));
+  s.out = s.in;
+  if (auto o = w.get("out_dtype")) {
+    s.out = *sim::dtype_from_name(o->as_enum(types));
+    if (s.op != sim::VecOp::Cast && s.out != s.in) o->fail("out_dtype differs from dtype only for op: cast");
+  } else if (s.op == sim::VecOp::Cast) {
+    w.fail("op cast needs out_dtype");
+  }
+  if (s.op == sim::VecOp::Cast && s.out == s.in) w.at("out_dtype").fail("a cast must change the dtype");
+  ElementwiseTiling t = default_elementwise_tiling(s, hw);
+  bool is_default = true;
+  if (tiling) {
+    is_default = false;
+    if (auto te = tiling->get("tile_elems")) t.tile_elems = te->as_positive_int();
+    if (auto bu = tiling->get("buffers")) t.buffers = static_cast<int>(bu->as_positive_int());
+    if (auto c = tiling->get("cores")) t.cores = static_cast<int>(c->as_positive_int());
+  }
+  return std::make_unique<ElementwiseKernel>(std::move(s), t, is_default);
+}
+
+}  // namespace npusim::kernels

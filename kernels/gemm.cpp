@@ -1,0 +1,281 @@
+#include "kernels/gemm.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+namespace npusim::kernels {
+
+using sim::CoreKind;
+using sim::DType;
+using sim::Path;
+using sim::Pipe;
+
+namespace {
+
+int elt_bytes(DType d) { return sim::dtype_bytes(d); }
+// K granularity of one cube fractal row: 32 bytes of input.
+int64_t k_align(DType d) { return 32 / elt_bytes(d); }
+
+Layout parse_layout(const YamlNode& n, bool allow_nz) {
+  std::vector<std::string> choices{"row_major", "col_major"};
+  if (allow_nz) choices.push_back("nz");
+  std::string v = n.as_enum(choices);
+  return v == "row_major" ? Layout::RowMajor : v == "col_major" ? Layout::ColMajor : Layout::Nz;
+}
+
+const char* layout_name(Layout l) {
+  return l == Layout::RowMajor ? "row_major" : l == Layout::ColMajor ? "col_major" : "nz";
+}
+
+std::array<int64_t, 3> parse_triple(const YamlNode& n) {
+  auto v = n.as_int_list();
+  if (v.size() != 3) n.fail(fmt::format("expected [M, N, K] (3 integers), found {} values", v.size()));
+  for (auto x : v)
+    if (x <= 0) n.fail(fmt::format("tile sizes must be > 0, found {}", x));
+  return {v[0], v[1], v[2]};
+}
+
+}  // namespace
+
+std::pair<int64_t, int64_t> swizzle_block(int64_t idx, int64_t m_blocks, int64_t n_blocks, int offset,
+                                          int direction) {
+  // Group `offset` block rows (direction 0) or columns (1) and walk them serpentine, so cores
+  // working at the same time share A rows and B columns in L2.
+  int64_t outer = direction == 0 ? m_blocks : n_blocks;
+  int64_t inner = direction == 0 ? n_blocks : m_blocks;
+  int64_t group = idx / (offset * inner);
+  int64_t in_group = idx % (offset * inner);
+  int64_t rows = std::min<int64_t>(offset, outer - group * offset);
+  int64_t o = group * offset + in_group % rows;
+  int64_t i = in_group / rows;
+  if (group % 2 == 1) i = inner - i - 1;
+  return direction == 0 ? std::pair{o, i} : std::pair{i, o};
+}
+
+GemmTiling default_gemm_tiling(const GemmShape& s, const sim::HardwareSpec& hw) {
+  GemmTiling t;
+  const int64_t k1 = 512 / elt_bytes(s.in), k0 = 128 / elt_bytes(s.in);  // 256 / 64 for fp16
+  bool tall = s.m > s.n;
+  t.m1 = tall ? 256 : 128;
+  t.n1 = tall ? 128 : 256;
+  t.m1 = std::min(t.m1, round_up(s.m, 16));
+  t.n1 = std::min(t.n1, round_up(s.n, 16));
+  t.k1 = std::min(k1, round_up(s.k, k_align(s.in)));
+  t.m0 = t.m1;
+  t.n0 = t.n1;
+  t.k0 = std::min(k0, t.k1);
+  while (t.k1 % t.k0) t.k0 -= k_align(s.in);
+  t.swizzle_offset = 3;
+  t.swizzle_direction = s.n > s.m ? 1 : 0;
+  t.stages = 2;
+  t.cores = static_cast<int>(std::min<int64_t>(hw.num_aic, ceil_div(s.m, t.m1) * ceil_div(s.n, t.n1)));
+  return t;
+}
+
+std::string GemmKernel::name() const {
+  return fmt::format("gemm_{}x{}x{}_{}", s_.m, s_.n, s_.k, sim::dtype_name(s_.in));
+}
+
+nlohmann::json GemmKernel::tiling_json() const {
+  return {{"l1", {t_.m1, t_.n1, t_.k1}},
+          {"l0", {t_.m0, t_.n0, t_.k0}},
+          {"swizzle", {{"offset", t_.swizzle_offset}, {"direction", t_.swizzle_direction}}},
+          {"stages", t_.stages},
+          {"cores", t_.cores},
+          {"layout", {{"a", layout_name(s_.a)}, {"b", layout_name(s_.b)}}}};
+}
+
+double GemmKernel::compulsory_bytes() const {
+  return static_cast<double>(s_.m * s_.k + s_.k * s_.n) * elt_bytes(s_.in) +
+         static_cast<double>(s_.m * s_.n) * elt_bytes(s_.out);
+}
+
+Status GemmKernel::can_implement(const sim::HardwareSpec& hw) const {
+  const int64_t e = elt_bytes(s_.in), ka = k_align(s_.in);
+  if (!hw.aic.cube_k0[static_cast<int>(s_.in)])
+    return Status::bad("workload.dtype", fmt::format("{} has no {} cube", hw.name, sim::dtype_name(s_.in)));
+  if (t_.m1 % 16 || t_.n1 % 16 || t_.k1 % ka)
+    return Status::bad("tiling.l1", fmt::format("L1 tile [{}, {}, {}] must have M and N multiples of 16 and K a multiple of {} (32-byte fractal rows of {})",
+                                                t_.m1, t_.n1, t_.k1, ka, sim::dtype_name(s_.in)));
+  if (t_.m0 % 16 || t_.n0 % 16 || t_.k0 % ka)
+    return Status::bad("tiling.l0", fmt::format("L0 tile [{}, {}, {}] must have M and N multiples of 16 and K a multiple of {}",
+                                                t_.m0, t_.n0, t_.k0, ka));
+  if (t_.m1 % t_.m0 || t_.n1 % t_.n0 || t_.k1 % t_.k0)
+    return Status::bad("tiling.l0", fmt::format("L0 tile [{}, {}, {}] must divide the L1 tile [{}, {}, {}]", t_.m0, t_.n0,
+                                                t_.k0, t_.m1, t_.n1, t_.k1));
+  if (t_.stages < 1 || t_.stages > hw.sync.event_ids)
+    return Status::bad("tiling.stages", fmt::format("stages must be 1..{} (one event id each), found {}", hw.sync.event_ids, t_.stages));
+  int64_t l1 = t_.stages * (t_.m1 * t_.k1 + t_.k1 * t_.n1) * e;
+  if (l1 > hw.aic.l1_bytes)
+    return Status::bad("tiling.l1", fmt::format("{} stages x (A {}x{} + B {}x{}) x {} B = {} B exceed L1 ({} B)", t_.stages, t_.m1,
+                                                t_.k1, t_.k1, t_.n1, e, l1, hw.aic.l1_bytes));
+  int64_t l0a = 2 * t_.m0 * t_.k0 * e, l0b = 2 * t_.k0 * t_.n0 * e;
+  if (l0a > hw.aic.l0a_bytes)
+    return Status::bad("tiling.l0", fmt::format("double-buffered A tile 2 x {}x{} x {} B = {} B exceeds L0A ({} B)", t_.m0,
+                                                t_.k0, e, l0a, hw.aic.l0a_bytes));
+  if (l0b > hw.aic.l0b_bytes)
+    return Status::bad("tiling.l0", fmt::format("double-buffered B tile 2 x {}x{} x {} B = {} B exceeds L0B ({} B)", t_.k0,
+                                                t_.n0, e, l0b, hw.aic.l0b_bytes));
+  int64_t l0c = t_.m1 * t_.n1 * 4;
+  if (l0c > hw.aic.l0c_bytes)
+    return Status::bad("tiling.l1", fmt::format("the fp32 accumulator of the L1 tile {}x{} x 4 B = {} B exceeds L0C ({} B)",
+                                                t_.m1, t_.n1, l0c, hw.aic.l0c_bytes));
+  if (t_.cores < 1 || t_.cores > hw.num_aic)
+    return Status::bad("tiling.cores", fmt::format("cores must be 1..{} on {}, found {}", hw.num_aic, hw.name, t_.cores));
+  if (t_.swizzle_offset < 1 || (t_.swizzle_direction != 0 && t_.swizzle_direction != 1))
+    return Status::bad("tiling.swizzle", fmt::format("swizzle offset must be >= 1 and direction 0 or 1, found {{offset: {}, direction: {}}}",
+                                                     t_.swizzle_offset, t_.swizzle_direction));
+  const Path out_path = Path::L0CToGmNz2Nd;
+  if (!hw.path(out_path).available || !hw.path(Path::GmToL1Nd2Nz).available)
+    return Status::bad("hardware", "the preset lacks the GM<->L1/L0C paths a GEMM needs");
+  return Status::good();
+}
+
+sim::Program GemmKernel::lower(const sim::HardwareSpec& hw) const {
+  (void)hw;
+  const int64_t M = s_.m, N = s_.n, K = s_.k;
+  const int64_t e = elt_bytes(s_.in), eo = elt_bytes(s_.out), ka = k_align(s_.in);
+  GmAllocator gm;
+  const uint64_t a_base = gm.alloc(M * K * e);
+  const int64_t kp = round_up(K, 16), np = round_up(N, 16);
+  const uint64_t b_base = gm.alloc((s_.b == Layout::Nz ? kp * np : K * N) * e);
+  const uint64_t c_base = gm.alloc(M * N * eo);
+
+  sim::Program prog;
+  prog.name = name();
+  prog.gm_footprint_bytes = gm.footprint();
+  const int64_t mblocks = ceil_div(M, t_.m1), nblocks = ceil_div(N, t_.n1), blocks = mblocks * nblocks;
+  const int cores = static_cast<int>(std::min<int64_t>(t_.cores, blocks));
+  const int l0c_bufs = 2 * t_.m1 * t_.n1 * 4 <= hw.aic.l0c_bytes ? 2 : 1;
+
+  for (int c = 0; c < cores; ++c) {
+    sim::CoreProgram cp{CoreKind::Aic, c, {}};
+    sim::CoreBuilder b(cp);
+    for (int s = 0; s < t_.stages; ++s) b.set_flag(Pipe::Mte1, Pipe::Mte2, s);
+    for (int p = 0; p < 2; ++p) b.set_flag(Pipe::M, Pipe::Mte1, p);
+    for (int q = 0; q < l0c_bufs; ++q) b.set_flag(Pipe::Fixpipe, Pipe::M, q);
+    int64_t kiter = 0, l0iter = 0, biter = 0;
+    for (int64_t blk = c; blk < blocks; blk += cores, ++biter) {
+      auto [mi, ni] = swizzle_block(blk, mblocks, nblocks, t_.swizzle_offset, t_.swizzle_direction);
+      const int64_t mb = std::min(t_.m1, M - mi * t_.m1), nb = std::min(t_.n1, N - ni * t_.n1);
+      const int cbuf = static_cast<int>(biter % l0c_bufs);
+      bool first_mmad = true;
+      for (int64_t kk = 0; kk < K; kk += t_.k1, ++kiter) {
+        const int64_t kb = std::min(t_.k1, K - kk);
+        const int s = static_cast<int>(kiter % t_.stages);
+        b.wait_flag(Pipe::Mte1, Pipe::Mte2, s);
+        // A tile (mb x kb), converted ND -> NZ on the way into L1.
+        sim::GmRegion ra = s_.a == Layout::RowMajor
+                               ? sim::GmRegion{a_base + (mi * t_.m1 * K + kk) * e, uint32_t(mb), uint32_t(kb * e), uint64_t(K * e)}
+                               : sim::GmRegion{a_base + (kk * M + mi * t_.m1) * e, uint32_t(kb), uint32_t(mb * e), uint64_t(M * e)};
+        b.copy(Path::GmToL1Nd2Nz, uint32_t(mb * kb * e), ra);
+        // B tile (kb x nb).
+        if (s_.b == Layout::Nz) {
+          // zN: each 16-column strip holds K x 16 elements contiguously.
+          int64_t strips = ceil_div(nb, 16), rowb = round_up(kb, 16) * 16 * e;
+          sim::GmRegion rb{b_base + ((ni * t_.n1 / 16) * kp * 16 + kk * 16) * e, uint32_t(strips), uint32_t(rowb),
+                           uint64_t(kp * 16 * e)};
+          b.copy(Path::GmToL1, uint32_t(strips * rowb), rb);
+        } else {
+          sim::GmRegion rb = s_.b == Layout::RowMajor
+                                 ? sim::GmRegion{b_base + (kk * N + ni * t_.n1) * e, uint32_t(kb), uint32_t(nb * e), uint64_t(N * e)}
+                                 : sim::GmRegion{b_base + (ni * t_.n1 * K + kk) * e, uint32_t(nb), uint32_t(kb * e), uint64_t(K * e)};
+          b.copy(Path::GmToL1Nd2Nz, uint32_t(kb * nb * e), rb);
+        }
+        b.set_flag(Pipe::Mte2, Pipe::Mte1, s);
+        b.wait_flag(Pipe::Mte2, Pipe::Mte1, s);
+        for (int64_t ks = 0; ks < kb; ks += t_.k0) {
+          const int64_t kq = std::min(t_.k0, kb - ks), kqp = round_up(kq, ka);
+          for (int64_t ms = 0; ms < mb; ms += t_.m0) {
+            const int64_t ma = std::min(t_.m0, mb - ms);
+            for (int64_t ns = 0; ns < nb; ns += t_.n0, ++l0iter) {
+              const int64_t na = std::min(t_.n0, nb - ns);
+              const int p = static_cast<int>(l0iter % 2);
+              b.wait_flag(Pipe::M, Pipe::Mte1, p);
+              b.copy(Path::L1ToL0A, uint32_t(round_up(ma, 16) * kqp * e));
+              b.copy(Path::L1ToL0B, uint32_t(kqp * round_up(na, 16) * e));
+              b.set_flag(Pipe::Mte1, Pipe::M, p);
+              b.wait_flag(Pipe::Mte1, Pipe::M, p);
+              if (first_mmad) {
+                b.wait_flag(Pipe::Fixpipe, Pipe::M, cbuf);  // L0C buffer drained by FIXPIPE
+                first_mmad = false;
+              }
+              b.mmad(uint32_t(ma), uint32_t(na), uint32_t(kq), s_.in);
+              b.set_flag(Pipe::M, Pipe::Mte1, p);
+            }
+          }
+        }
+        b.set_flag(Pipe::Mte1, Pipe::Mte2, s);  // L1 stage consumed
+      }
+      b.set_flag(Pipe::M, Pipe::Fixpipe, cbuf);
+      b.wait_flag(Pipe::M, Pipe::Fixpipe, cbuf);
+      b.copy(Path::L0CToGmNz2Nd, uint32_t(mb * nb * eo),
+             sim::GmRegion{c_base + (mi * t_.m1 * N + ni * t_.n1) * eo, uint32_t(mb), uint32_t(nb * eo), uint64_t(N * eo)});
+      b.set_flag(Pipe::Fixpipe, Pipe::M, cbuf);
+    }
+    // Consume the flags primed at the start so every event is balanced.
+    for (int s = 0; s < t_.stages; ++s) b.wait_flag(Pipe::Mte1, Pipe::Mte2, s);
+    for (int p = 0; p < 2; ++p) b.wait_flag(Pipe::M, Pipe::Mte1, p);
+    for (int q = 0; q < l0c_bufs; ++q) b.wait_flag(Pipe::Fixpipe, Pipe::M, q);
+    prog.cores.push_back(std::move(cp));
+  }
+  return prog;
+}
+
+std::unique_ptr<Kernel> make_gemm(const YamlNode& w, const std::optional<YamlNode>& tiling, const sim::HardwareSpec& hw) {
+  GemmShape s;
+  s.m = w.at("m").as_positive_int();
+  s.n = w.at("n").as_positive_int();
+  s.k = w.at("k").as_positive_int();
+  auto dt = [&](const YamlNode& n, std::vector<std::string> choices) {
+    return *sim::dtype_from_name(n.as_enum(choices));
+  };
+  s.in = dt(w.at("dtype"), {"fp16", "bf16", "fp32", "int8"});
+  if (auto o = w.get("out_dtype")) {
+    s.out = s.in == DType::Int8 ? dt(*o, {"int32", "fp16", "bf16"}) : dt(*o, {"fp16", "bf16", "fp32"});
+  } else {
+    s.out = s.in == DType::Int8 ? DType::Int32 : s.in;
+  }
+  if (!hw.aic.cube_k0[static_cast<int>(s.in)])
+    w.at("dtype").fail(fmt::format("{} has no {} cube (supported: see `npusim hw show {}`)", hw.name,
+                                   sim::dtype_name(s.in), hw.name));
+  if (auto lay = w.get("layout")) {
+    if (auto a = lay->get("a")) s.a = parse_layout(*a, false);
+    if (auto bl = lay->get("b")) s.b = parse_layout(*bl, true);
+  }
+  // Every index the lowering computes must fit the 32-bit fields of an instruction.
+  constexpr int64_t kMaxDim = int64_t(1) << 30;
+  for (auto [key, v] : {std::pair{"m", s.m}, {"n", s.n}, {"k", s.k}})
+    if (v > kMaxDim) w.at(key).fail(fmt::format("{} = {} exceeds the supported maximum {}", key, v, kMaxDim));
+  if (s.m * s.k > (int64_t(1) << 40) || s.k * s.n > (int64_t(1) << 40) || s.m * s.n > (int64_t(1) << 40))
+    w.fail("operand sizes beyond 2^40 elements are not supported");
+
+  GemmTiling t = default_gemm_tiling(s, hw);
+  bool is_default = true;
+  if (tiling) {
+    is_default = false;
+    if (auto l1 = tiling->get("l1")) {
+      auto v = parse_triple(*l1);
+      t.m1 = v[0], t.n1 = v[1], t.k1 = v[2];
+      // An L1 tile without an L0 tile gets the largest L0 tile the default rule allows inside it.
+      t.m0 = t.m1, t.n0 = t.n1, t.k0 = std::min<int64_t>(t.k1, 128 / elt_bytes(s.in));
+      while (t.k0 > 0 && t.k1 % t.k0) t.k0 -= k_align(s.in);
+      if (t.k0 <= 0) t.k0 = t.k1;
+    }
+    if (auto l0 = tiling->get("l0")) {
+      auto v = parse_triple(*l0);
+      t.m0 = v[0], t.n0 = v[1], t.k0 = v[2];
+    }
+    if (auto sw = tiling->get("swizzle")) {
+      if (auto o = sw->get("offset")) t.swizzle_offset = static_cast<int>(o->as_positive_int());
+      if (auto d = sw->get("direction")) t.swizzle_direction = static_cast<int>(d->as_int());
+    }
+    if (auto st = tiling->get("stages")) t.stages = static_cast<int>(st->as_positive_int());
+    if (auto c = tiling->get("cores")) t.cores = static_cast<int>(c->as_positive_int());
+    else t.cores = static_cast<int>(std::min<int64_t>(hw.num_aic, ceil_div(s.m, t.m1) * ceil_div(s.n, t.n1)));
+  }
+  return std::make_unique<GemmKernel>(s, t, is_default);
+}
+
+}  // namespace npusim::kernels

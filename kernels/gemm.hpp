@@ -1,0 +1,71 @@
+// GEMM template: C[M,N] = A[M,K] * B[K,N] on the cube cores, catlass BlockMmad style.
+//
+// Lowering, per AIC: the C blocks of the L1 tile (m1 x n1) are visited in block-swizzled order
+// and dealt round-robin to the cores. For each block, K advances in L1 tiles of k1: MTE2 copies
+// the A and B tiles GM->L1 into one of `stages` L1 buffers (ND->NZ conversion unless B is stored
+// NZ), MTE1 moves k0-deep slices into ping-ponged L0A/L0B, the cube accumulates in fp32 in L0C,
+// and FIXPIPE writes the block to GM with the output cast (NZ->ND). Pipes hand buffers to each
+// other with set/wait flags exactly as production kernels do; tails are partial tiles.
+#pragma once
+
+#include "kernels/kernel.hpp"
+
+namespace npusim::kernels {
+
+enum class Layout { RowMajor, ColMajor, Nz };
+
+struct GemmShape {
+  int64_t m = 0, n = 0, k = 0;
+  sim::DType in = sim::DType::Fp16;
+  sim::DType out = sim::DType::Fp16;
+  Layout a = Layout::RowMajor;
+  Layout b = Layout::ColMajor;
+};
+
+struct GemmTiling {
+  int64_t m1 = 0, n1 = 0, k1 = 0;  // L1 tile
+  int64_t m0 = 0, n0 = 0, k0 = 0;  // L0 tile
+  int swizzle_offset = 1;
+  int swizzle_direction = 0;       // 0: walk M within a group of `offset` block rows; 1: N
+  int stages = 2;                  // L1 buffers
+  int cores = 0;                   // AICs used
+};
+
+// The documented default: catlass's typical 910B choice L1 <128,256,256>, L0 <128,256,64> for
+// 2-byte types (K scaled by 2/bytes), transposed to <256,128> when M > N, M or N shrunk to the
+// problem when smaller, swizzle <3, 0> (<3, 1> when N > M), 2 stages, every core that has a block.
+GemmTiling default_gemm_tiling(const GemmShape& s, const sim::HardwareSpec& hw);
+
+class GemmKernel : public Kernel {
+ public:
+  GemmKernel(GemmShape shape, GemmTiling tiling, bool tiling_default)
+      : s_(shape), t_(tiling), default_(tiling_default) {}
+  std::string op() const override { return "gemm"; }
+  std::string name() const override;
+  nlohmann::json tiling_json() const override;
+  bool tiling_is_default() const override { return default_; }
+  Status can_implement(const sim::HardwareSpec& hw) const override;
+  sim::Program lower(const sim::HardwareSpec& hw) const override;
+  double flops() const override { return 2.0 * s_.m * s_.n * s_.k; }
+  double compulsory_bytes() const override;
+  double peak_flops_per_cycle(const sim::HardwareSpec& hw) const override {
+    return 2.0 * hw.cube_macs_per_cycle(s_.in) * hw.num_aic;
+  }
+  const GemmShape& shape() const { return s_; }
+  const GemmTiling& tiling() const { return t_; }
+
+ private:
+  GemmShape s_;
+  GemmTiling t_;
+  bool default_;
+};
+
+std::unique_ptr<Kernel> make_gemm(const YamlNode& workload, const std::optional<YamlNode>& tiling,
+                                  const sim::HardwareSpec& hw);
+
+// Block visiting order of catlass GemmIdentityBlockSwizzle<offset, direction>: block index ->
+// (m block, n block).
+std::pair<int64_t, int64_t> swizzle_block(int64_t idx, int64_t m_blocks, int64_t n_blocks, int offset,
+                                          int direction);
+
+}  // namespace npusim::kernels

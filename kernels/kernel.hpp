@@ -1,0 +1,77 @@
+// The kernel-template interface. A template is parsed from the run config's `workload:` and
+// `tiling:` sections (a missing tiling gets the template's documented default heuristic), answers
+// can_implement() on a given hardware before anything is lowered, and lowers itself into a
+// per-core sim::Program. Templates are chosen by `workload.op` from the registry below.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/yaml_reader.hpp"
+#include "sim/hardware_spec.hpp"
+#include "sim/program.hpp"
+
+namespace npusim::kernels {
+
+// Why a tiling cannot run, and which config key to blame (dotted path, "" when none).
+struct Status {
+  bool ok = true;
+  std::string reason;
+  std::string key;
+  static Status good() { return {}; }
+  static Status bad(std::string key, std::string reason) { return {false, std::move(reason), std::move(key)}; }
+};
+
+class Kernel {
+ public:
+  virtual ~Kernel() = default;
+  virtual std::string op() const = 0;
+  virtual std::string name() const = 0;                // shape-bearing name for reports
+  virtual nlohmann::json tiling_json() const = 0;      // the tiling actually used
+  virtual bool tiling_is_default() const = 0;
+  virtual Status can_implement(const sim::HardwareSpec& hw) const = 0;
+  virtual sim::Program lower(const sim::HardwareSpec& hw) const = 0;
+  virtual double flops() const = 0;                    // arithmetic work (MACs x 2 for GEMM)
+  virtual double compulsory_bytes() const = 0;         // each operand read once, output written once
+  virtual double peak_flops_per_cycle(const sim::HardwareSpec& hw) const = 0;  // for "% of peak"
+};
+
+// Parses `workload` (and `tiling`, when present) for the op it names.
+using KernelFactory = std::function<std::unique_ptr<Kernel>(const YamlNode& workload,
+                                                            const std::optional<YamlNode>& tiling,
+                                                            const sim::HardwareSpec& hw)>;
+
+struct KernelEntry {
+  std::string op;
+  std::string description;
+  KernelFactory make;
+};
+const std::vector<KernelEntry>& kernel_registry();
+
+// Looks up workload.op and builds the kernel; an unknown op names the known ones.
+std::unique_ptr<Kernel> make_kernel(const YamlNode& workload, const std::optional<YamlNode>& tiling,
+                                    const sim::HardwareSpec& hw);
+
+// GM layout helper: tensors placed one after another, each aligned to 512 bytes (an L2 line).
+class GmAllocator {
+ public:
+  uint64_t alloc(uint64_t bytes) {
+    uint64_t at = next_;
+    next_ = (next_ + bytes + 511) / 512 * 512;
+    return at;
+  }
+  uint64_t footprint() const { return next_; }
+
+ private:
+  uint64_t next_ = 0;
+};
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+}  // namespace npusim::kernels

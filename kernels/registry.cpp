@@ -1,0 +1,33 @@
+#include <fmt/format.h>
+
+#include "common/text.hpp"
+#include "kernels/elementwise.hpp"
+#include "kernels/gemm.hpp"
+
+namespace npusim::kernels {
+
+const std::vector<KernelEntry>& kernel_registry() {
+  static const std::vector<KernelEntry> kEntries{
+      {"gemm", "C = A x B on the cube cores (tiling: l1, l0, swizzle, stages, cores)", make_gemm},
+      {"add", "out = x + y on the AIVs (tiling: tile_elems, buffers, cores)", make_elementwise},
+      {"mul", "out = x * y on the AIVs", make_elementwise},
+      {"exp", "out = exp(x) on the AIVs", make_elementwise},
+      {"relu", "out = max(x, 0) on the AIVs", make_elementwise},
+      {"cast", "out = cast(x) to out_dtype on the AIVs", make_elementwise},
+  };
+  return kEntries;
+}
+
+std::unique_ptr<Kernel> make_kernel(const YamlNode& workload, const std::optional<YamlNode>& tiling,
+                                    const sim::HardwareSpec& hw) {
+  YamlNode op = workload.at("op");
+  std::vector<std::string> names;
+  for (const auto& e : kernel_registry()) {
+    if (e.op == op.as_string()) return e.make(workload, tiling, hw);
+    names.push_back(e.op);
+  }
+  op.as_enum(names);  // throws with the nearest name and the list
+  return nullptr;
+}
+
+}  // namespace npusim::kernels

@@ -1,0 +1,75 @@
+// The result model every writer reads: plain data, no simulator types. The JSON keys are a public
+// contract (see docs/report-schema.md); bump kSchemaVersion when one changes meaning.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace npusim::reports {
+
+inline constexpr int kSchemaVersion = 1;
+
+struct Utilization {  // fractions 0..1 of the kernel time, averaged over the chip's cores
+  double cube = 0, vector = 0, mte1 = 0, mte2 = 0, mte3 = 0, fixpipe = 0, hbm_bw = 0;
+};
+
+struct Traffic {
+  uint64_t gm_read = 0, gm_write = 0;   // bytes requested by transfers
+  uint64_t hbm_read = 0, hbm_write = 0;  // bytes that reached HBM (write: incl. final write-back)
+  double l2_hit_rate = 0;               // read lines found in L2
+};
+
+struct KernelReport {
+  std::string name;
+  std::string op;
+  nlohmann::json tiling;
+  bool tiling_default = false;
+  uint64_t cycles = 0;
+  double time_us = 0;
+  double flops = 0;
+  double tflops = 0;
+  double peak_fraction = 0;  // achieved rate over the unit's peak (cube for GEMM, vector for AIV ops)
+  uint64_t instructions = 0;
+  int aic_used = 0, aiv_used = 0;
+  Traffic bytes;
+  Utilization utilization;
+};
+
+struct HardwareParam {
+  std::string name, unit, value;
+};
+
+struct RunReport {
+  std::string tool_version;
+  std::string git_revision;
+  std::string command_line;
+  std::string config_file;
+  std::string hardware_name;
+  double freq_mhz = 0;
+  double hbm_peak_gbs = 0;
+  std::vector<HardwareParam> hardware;
+  std::vector<KernelReport> kernels;
+  double wall_seconds = 0;  // wall-clock: excluded from determinism checks
+};
+
+// One track per core and pipe; slices never overlap on a track.
+struct TraceSlice {
+  uint32_t track;
+  std::string name;
+  std::string category;
+  double start_us, dur_us;
+};
+struct TraceTrack {
+  int process;  // one per core
+  int thread;   // one per pipe
+  std::string process_name, thread_name;
+};
+struct Trace {
+  std::vector<TraceTrack> tracks;
+  std::vector<TraceSlice> slices;
+};
+
+}  // namespace npusim::reports

@@ -1,0 +1,140 @@
+#include "reports/writers.hpp"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+
+#include <unistd.h>
+
+namespace npusim::reports {
+
+nlohmann::json to_json(const RunReport& r) {
+  nlohmann::json params = nlohmann::json::object(), units = nlohmann::json::object();
+  for (const auto& p : r.hardware) {
+    char* end = nullptr;
+    double v = std::strtod(p.value.c_str(), &end);
+    if (end && *end == '\0' && !p.value.empty()) {
+      params[p.name] = v;
+    } else {
+      params[p.name] = p.value;
+    }
+    if (!p.unit.empty()) units[p.name] = p.unit;
+  }
+  nlohmann::json kernels = nlohmann::json::array();
+  uint64_t cycles = 0;
+  double time_us = 0;
+  for (const auto& k : r.kernels) {
+    cycles += k.cycles;
+    time_us += k.time_us;
+    kernels.push_back({
+        {"name", k.name},
+        {"op", k.op},
+        {"tiling", k.tiling},
+        {"tiling_default", k.tiling_default},
+        {"cycles", k.cycles},
+        {"time_us", k.time_us},
+        {"flops", k.flops},
+        {"tflops", k.tflops},
+        {"peak_fraction", k.peak_fraction},
+        {"instructions", k.instructions},
+        {"cores", {{"aic", k.aic_used}, {"aiv", k.aiv_used}}},
+        {"bytes",
+         {{"gm_read", k.bytes.gm_read},
+          {"gm_write", k.bytes.gm_write},
+          {"hbm_read", k.bytes.hbm_read},
+          {"hbm_write", k.bytes.hbm_write},
+          {"l2_hit_rate", k.bytes.l2_hit_rate}}},
+        {"utilization",
+         {{"cube", k.utilization.cube},
+          {"vector", k.utilization.vector},
+          {"mte1", k.utilization.mte1},
+          {"mte2", k.utilization.mte2},
+          {"mte3", k.utilization.mte3},
+          {"fixpipe", k.utilization.fixpipe},
+          {"hbm_bw", k.utilization.hbm_bw}}},
+    });
+  }
+  return {
+      {"schema_version", kSchemaVersion},
+      {"tool_version", r.tool_version},
+      {"git_revision", r.git_revision},
+      {"command_line", r.command_line},
+      {"config_file", r.config_file},
+      {"hardware", {{"name", r.hardware_name}, {"parameters", params}, {"units", units}}},
+      {"cycles", cycles},
+      {"time_us", time_us},
+      {"kernels", kernels},
+      {"wall_clock", {{"seconds", r.wall_seconds}}},
+  };
+}
+
+std::string format_table(const RunReport& r) {
+  std::string out = fmt::format("{:<34} {:>10} {:>8} {:>6} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>7} {:>5}\n", "kernel",
+                                "time us", "TFLOPS", "%peak", "cube", "vec", "mte1", "mte2", "mte3", "fixp", "HBM GB/s", "L2hit");
+  for (const auto& k : r.kernels) {
+    const auto& u = k.utilization;
+    auto pct = [](double f) { return fmt::format("{:.0f}", 100 * f); };
+    double hbm_gbs = k.time_us > 0 ? (k.bytes.hbm_read + k.bytes.hbm_write) / (k.time_us * 1e3) : 0;
+    out += fmt::format("{:<34} {:>10.2f} {:>8.1f} {:>6} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>8.0f} {:>5}\n",
+                       k.name.size() > 34 ? k.name.substr(0, 34) : k.name, k.time_us, k.tflops,
+                       pct(k.peak_fraction), pct(u.cube), pct(u.vector), pct(u.mte1), pct(u.mte2), pct(u.mte3),
+                       pct(u.fixpipe), hbm_gbs, pct(k.bytes.l2_hit_rate));
+  }
+  out += fmt::format("hardware: {} ({} MHz, HBM {} GB/s); utilization columns are % of kernel time over all cores\n",
+                     r.hardware_name, r.freq_mhz, r.hbm_peak_gbs);
+  return out;
+}
+
+nlohmann::json trace_json(const Trace& t) {
+  nlohmann::json events = nlohmann::json::array();
+  std::vector<bool> named_process;
+  for (const auto& tr : t.tracks) {
+    if (static_cast<int>(named_process.size()) <= tr.process) named_process.resize(tr.process + 1, false);
+    if (!named_process[tr.process]) {
+      events.push_back({{"ph", "M"}, {"name", "process_name"}, {"pid", tr.process}, {"tid", 0},
+                        {"args", {{"name", tr.process_name}}}});
+      events.push_back({{"ph", "M"}, {"name", "process_sort_index"}, {"pid", tr.process}, {"tid", 0},
+                        {"args", {{"sort_index", tr.process}}}});
+      named_process[tr.process] = true;
+    }
+    events.push_back({{"ph", "M"}, {"name", "thread_name"}, {"pid", tr.process}, {"tid", tr.thread},
+                      {"args", {{"name", tr.thread_name}}}});
+  }
+  for (const auto& s : t.slices) {
+    const auto& tr = t.tracks[s.track];
+    events.push_back({{"ph", "X"}, {"name", s.name}, {"cat", s.category}, {"pid", tr.process}, {"tid", tr.thread},
+                      {"ts", s.start_us}, {"dur", s.dur_us}});
+  }
+  return {{"traceEvents", events}, {"displayTimeUnit", "ns"}};
+}
+
+void write_file_atomic(const std::string& path, const std::string& text) {
+  namespace fs = std::filesystem;
+  fs::path target(path);
+  fs::path tmp = target;
+  tmp += fmt::format(".tmp{}", ::getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary);
+    if (!out) throw std::runtime_error(fmt::format("cannot write '{}': cannot create a file in that folder", path));
+    out << text;
+    out.flush();
+    if (!out) {
+      out.close();
+      std::error_code ec;
+      fs::remove(tmp, ec);
+      throw std::runtime_error(fmt::format("cannot write '{}': write failed (disk full?)", path));
+    }
+  }
+  std::error_code ec;
+  fs::rename(tmp, target, ec);
+  if (ec) {
+    fs::remove(tmp, ec);
+    throw std::runtime_error(fmt::format("cannot write '{}': {}", path, ec.message()));
+  }
+}
+
+}  // namespace npusim::reports
