@@ -6,6 +6,7 @@
 #include <chrono>
 #include <filesystem>
 #include <iostream>
+#include <set>
 
 #include "app/session.hpp"
 #include "common/errors.hpp"
@@ -58,40 +59,41 @@ int cmd_check(const RunArgs& a) {
 
 int cmd_run(const RunArgs& a, const std::string& cmdline) {
   auto t0 = std::chrono::steady_clock::now();
-  // Load every config first, so a bad one fails before any simulation runs.
+  // Load every config first, so a bad one fails before any simulation runs or any file is written.
   std::vector<app::LoadedRun> runs;
   for (const auto& c : a.configs) runs.push_back(app::load_run(c, a.sets));
-  if ((!a.trace.empty() || !a.json.empty()) && runs.size() > 1) {
-    // One report per run set: hardware must agree for a single header.
-    for (const auto& r : runs)
-      if (r.hw.name != runs.front().hw.name)
-        throw ConfigError(fmt::format("--json/--trace with several configs need one hardware preset; found {} and {}",
-                                      runs.front().hw.name, r.hw.name));
-  }
-  std::vector<reports::RunReport> reports_by_hw;
-  reports::RunReport report = app::make_report(runs.front().hw, a.configs.size() == 1 ? a.configs.front() : "", cmdline);
+  if (!a.json.empty() && runs.size() > 1)
+    throw ConfigError("--json takes one config; use --out DIR to write one report per config");
+  std::vector<reports::RunReport> reports_out;
   reports::Trace trace;
-  std::string table;
   for (size_t i = 0; i < runs.size(); ++i) {
+    auto t_run = std::chrono::steady_clock::now();
     sim::SimOptions opt;
     opt.trace = !a.trace.empty() && i == 0;
     app::RunOutput out = app::execute(runs[i], opt);
     if (opt.trace) trace = app::make_trace(runs[i].hw, out.sim);
-    reports::RunReport one = app::make_report(runs[i].hw, a.configs[i], cmdline);
-    one.kernels.push_back(out.kernel);
-    report.kernels.push_back(out.kernel);
-    std::string t = reports::format_table(one);
-    table += i == 0 ? t : t.substr(t.find('\n') + 1);
+    reports::RunReport rep = app::make_report(runs[i].hw, a.configs[i], cmdline);
+    rep.kernels.push_back(out.kernel);
+    rep.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count();
+    reports_out.push_back(std::move(rep));
   }
-  report.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::string json_path = a.json, trace_path = a.trace;
+  if (!a.json.empty()) reports::write_file_atomic(a.json, reports::to_json(reports_out.front()).dump(2) + "\n");
   if (!a.out.empty()) {
     std::filesystem::create_directories(a.out);
-    if (json_path.empty()) json_path = (std::filesystem::path(a.out) / "report.json").string();
+    std::set<std::string> used;
+    for (size_t i = 0; i < runs.size(); ++i) {
+      std::string stem = std::filesystem::path(a.configs[i]).stem().string();
+      for (int n = 2; !used.insert(stem).second; ++n) stem = std::filesystem::path(a.configs[i]).stem().string() + "_" + std::to_string(n);
+      reports::write_file_atomic((std::filesystem::path(a.out) / (stem + ".json")).string(),
+                                 reports::to_json(reports_out[i]).dump(2) + "\n");
+    }
   }
-  if (!json_path.empty()) reports::write_file_atomic(json_path, reports::to_json(report).dump(2) + "\n");
-  if (!trace_path.empty()) reports::write_file_atomic(trace_path, reports::trace_json(trace).dump() + "\n");
-  if (!a.quiet) fmt::print("{}", table);
+  if (!a.trace.empty()) reports::write_file_atomic(a.trace, reports::trace_json(trace).dump() + "\n");
+  if (!a.quiet) {
+    fmt::print("{}", reports::format_table(reports_out));
+    fmt::print("({} config(s) in {:.2f} s wall)\n", runs.size(),
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
   return kExitOk;
 }
 
@@ -109,7 +111,7 @@ int main(int argc, char** argv) {
     if (outputs) {
       sub->add_option("--json", run_args.json, "write the JSON report here");
       sub->add_option("--trace", run_args.trace, "write a Chrome/Perfetto trace of the first config here");
-      sub->add_option("--out", run_args.out, "write report.json into this folder");
+      sub->add_option("--out", run_args.out, "write one JSON report per config (named after it) into this folder");
       sub->add_flag("--quiet", run_args.quiet, "do not print the table");
     }
   };

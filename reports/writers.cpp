@@ -72,20 +72,20 @@ nlohmann::json to_json(const RunReport& r) {
   };
 }
 
-std::string format_table(const RunReport& r) {
-  std::string out = fmt::format("{:<34} {:>10} {:>8} {:>6} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>7} {:>5}\n", "kernel",
-                                "time us", "TFLOPS", "%peak", "cube", "vec", "mte1", "mte2", "mte3", "fixp", "HBM GB/s", "L2hit");
-  for (const auto& k : r.kernels) {
-    const auto& u = k.utilization;
-    auto pct = [](double f) { return fmt::format("{:.0f}", 100 * f); };
-    double hbm_gbs = k.time_us > 0 ? (k.bytes.hbm_read + k.bytes.hbm_write) / (k.time_us * 1e3) : 0;
-    out += fmt::format("{:<34} {:>10.2f} {:>8.1f} {:>6} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>8.0f} {:>5}\n",
-                       k.name.size() > 34 ? k.name.substr(0, 34) : k.name, k.time_us, k.tflops,
-                       pct(k.peak_fraction), pct(u.cube), pct(u.vector), pct(u.mte1), pct(u.mte2), pct(u.mte3),
-                       pct(u.fixpipe), hbm_gbs, pct(k.bytes.l2_hit_rate));
-  }
-  out += fmt::format("hardware: {} ({} MHz, HBM {} GB/s); utilization columns are % of kernel time over all cores\n",
-                     r.hardware_name, r.freq_mhz, r.hbm_peak_gbs);
+std::string format_table(const std::vector<RunReport>& runs) {
+  std::string out = fmt::format("{:<30} {:<16} {:>10} {:>7} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>8} {:>5}\n",
+                                "kernel", "hardware", "time us", "TFLOPS", "%peak", "cube", "vec", "mte1", "mte2",
+                                "mte3", "fixp", "HBM GB/s", "L2hit");
+  auto pct = [](double f) { return fmt::format("{:.0f}", 100 * f); };
+  for (const auto& r : runs)
+    for (const auto& k : r.kernels) {
+      const auto& u = k.utilization;
+      out += fmt::format("{:<30} {:<16} {:>10.2f} {:>7.1f} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>8.0f} {:>5}\n",
+                         k.name.size() > 30 ? k.name.substr(0, 30) : k.name, r.hardware_name, k.time_us, k.tflops,
+                         pct(k.peak_fraction), pct(u.cube), pct(u.vector), pct(u.mte1), pct(u.mte2), pct(u.mte3),
+                         pct(u.fixpipe), u.hbm_bw * r.hbm_peak_gbs, pct(k.bytes.l2_hit_rate));
+    }
+  out += "%peak: of the cube (GEMM) or vector (AIV ops) peak; pipe columns: % of kernel time averaged over all cores\n";
   return out;
 }
 

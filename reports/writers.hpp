@@ -3,13 +3,14 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "reports/result.hpp"
 
 namespace npusim::reports {
 
 nlohmann::json to_json(const RunReport& r);
-std::string format_table(const RunReport& r);
+std::string format_table(const std::vector<RunReport>& runs);
 nlohmann::json trace_json(const Trace& t);
 
 // Writes `text` to `path` atomically; throws std::runtime_error naming the path on failure.
