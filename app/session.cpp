@@ -13,9 +13,7 @@
 #ifndef NPUSIM_CONFIG_DIR
 #define NPUSIM_CONFIG_DIR "configs"
 #endif
-#ifndef NPUSIM_GIT_REV
-#define NPUSIM_GIT_REV "unknown"
-#endif
+#include "git_revision.hpp"  // generated at build time
 #ifndef NPUSIM_VERSION
 #define NPUSIM_VERSION "0.0.0"
 #endif
@@ -45,6 +43,16 @@ std::vector<std::string> list_presets() {
   }
   std::sort(out.begin(), out.end());
   return out;
+}
+
+double max_instructions() {
+  if (const char* env = std::getenv("NPUSIM_MAX_INSTRUCTIONS"); env && *env) {
+    char* end = nullptr;
+    double v = std::strtod(env, &end);
+    if (end && *end == '\0' && v > 0) return v;
+    throw ConfigError(SourceLoc{"NPUSIM_MAX_INSTRUCTIONS", 0, 0, ""}, fmt::format("expected a positive number, found '{}'", env));
+  }
+  return kDefaultMaxInstructions;
 }
 
 namespace {
@@ -125,6 +133,11 @@ LoadedRun load_run(const std::string& config_file, const std::vector<std::string
   auto tiling = root.get("tiling");
   run.kernel = kernels::make_kernel(workload, tiling, run.hw);
   doc->finish();
+  // Limits checked before anything is lowered.
+  const double hbm_bytes = run.hw.hbm.capacity_gib * 1073741824.0;
+  if (run.kernel->compulsory_bytes() > hbm_bytes)
+    workload.fail(fmt::format("the operands need {:.1f} GiB of GM but {} has {} GiB of HBM",
+                              run.kernel->compulsory_bytes() / 1073741824.0, run.hw.name, run.hw.hbm.capacity_gib));
   kernels::Status st = run.kernel->can_implement(run.hw);
   if (!st.ok) {
     SourceLoc where{config_file, 0, 0, st.key};
@@ -140,6 +153,9 @@ LoadedRun load_run(const std::string& config_file, const std::vector<std::string
     std::string hint = run.kernel->tiling_is_default() ? " (the default tiling heuristic chose it; give `tiling:` to pick another)" : "";
     throw ConfigError(where, "tiling does not fit: " + st.reason + hint);
   }
+  if (double n = run.kernel->estimated_instructions(); n > max_instructions())
+    workload.fail(fmt::format("the program would have about {:.3g} instructions, above the limit of {:.3g} "
+                              "(raise it with NPUSIM_MAX_INSTRUCTIONS, or use larger tiles)", n, max_instructions()));
   return run;
 }
 

@@ -23,6 +23,11 @@ std::vector<std::string> list_presets();
 // Resolves a preset name or a path to a hardware YAML, applying `hardware.*` --set overrides.
 sim::HardwareSpec load_hardware(const std::string& name_or_path, const std::vector<std::string>& sets = {});
 
+// Programs above this many instructions are refused before lowering (about 40 bytes each);
+// NPUSIM_MAX_INSTRUCTIONS raises or lowers it.
+inline constexpr double kDefaultMaxInstructions = 2e8;
+double max_instructions();
+
 struct LoadedRun {
   std::string config_file;
   sim::HardwareSpec hw;

@@ -36,6 +36,9 @@ class ElementwiseKernel : public Kernel {
   sim::Program lower(const sim::HardwareSpec& hw) const override;
   double flops() const override { return static_cast<double>(s_.elems); }
   double compulsory_bytes() const override;
+  double estimated_instructions() const override {
+    return double(ceil_div(s_.elems, t_.tile_elems)) * (10 + inputs());
+  }
   double peak_flops_per_cycle(const sim::HardwareSpec& hw) const override {
     return hw.aiv.vec_rate[static_cast<int>(s_.op)][static_cast<int>(s_.in)] * hw.num_aiv;
   }

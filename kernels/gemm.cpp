@@ -91,6 +91,16 @@ double GemmKernel::compulsory_bytes() const {
          static_cast<double>(s_.m * s_.n) * elt_bytes(s_.out);
 }
 
+double GemmKernel::estimated_instructions() const {
+  const double blocks = double(ceil_div(s_.m, t_.m1)) * ceil_div(s_.n, t_.n1);
+  const double k1_steps = double(ceil_div(s_.k, t_.k1));
+  const double l0_steps = double(ceil_div(t_.k1, t_.k0)) * ceil_div(t_.m1, t_.m0) * ceil_div(t_.n1, t_.n0);
+  // Per L1 step: 4 on MTE2, 2 on MTE1; per L0 step: 4 on MTE1, 3 on M; per block: 5 for the
+  // output; per core: the flag prologue and epilogue.
+  const double cores = std::min<double>(t_.cores, blocks);
+  return blocks * (k1_steps * (6 + 7 * l0_steps) + 5) + cores * 2 * (t_.stages + 4);
+}
+
 Status GemmKernel::can_implement(const sim::HardwareSpec& hw) const {
   const int64_t e = elt_bytes(s_.in), ka = k_align(s_.in);
   if (!hw.aic.cube_k0[static_cast<int>(s_.in)])

@@ -51,6 +51,7 @@ class GemmKernel : public Kernel {
   double peak_flops_per_cycle(const sim::HardwareSpec& hw) const override {
     return 2.0 * hw.cube_macs_per_cycle(s_.in) * hw.num_aic;
   }
+  double estimated_instructions() const override;
   const GemmShape& shape() const { return s_; }
   const GemmTiling& tiling() const { return t_; }
 

@@ -39,6 +39,8 @@ class Kernel {
   virtual double flops() const = 0;                    // arithmetic work (MACs x 2 for GEMM)
   virtual double compulsory_bytes() const = 0;         // each operand read once, output written once
   virtual double peak_flops_per_cycle(const sim::HardwareSpec& hw) const = 0;  // for "% of peak"
+  // Instructions lower() will emit, computed without lowering (for limits checked up front).
+  virtual double estimated_instructions() const = 0;
 };
 
 // Parses `workload` (and `tiling`, when present) for the op it names.

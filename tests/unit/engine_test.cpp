@@ -160,6 +160,20 @@ TEST(Engine, IllegalInstructionsAreRejectedBeforeSimulation) {
   EXPECT_THROW(simulate(hw(), q), SimError);
 }
 
+TEST(Engine, DirectCubeToVectorPathsExistOnlyOn3510) {
+  Program p = mix_program();
+  CoreBuilder aic(p.cores[0]);
+  aic.copy(Path::L0CToUb, 16384);
+  aic.cross_set(Pipe::Fixpipe, 2, 0);
+  CoreBuilder aiv(p.cores[1]);
+  aiv.cross_wait(Pipe::V, 0);
+  aiv.vec(VecOp::Exp, DType::Fp32, 4096);
+  aiv.copy(Path::UbToL1, 16384);
+  CoreBuilder(p.cores[2]).cross_wait(Pipe::V, 0);
+  EXPECT_GT(simulate(test::preset("ascend950pr"), p).cycles, 0);
+  EXPECT_THROW(simulate(hw(), p), SimError);
+}
+
 TEST(Engine, SameProgramGivesIdenticalResults) {
   Program p = mix_program();
   CoreBuilder aic(p.cores[0]);

@@ -83,6 +83,8 @@ TEST(GemmLowering, FlagsAreBalancedAndTheCubeDoesAllTheMacs) {
     for (const auto& i : c.code)
       if (i.op == sim::Op::Mmad) macs += double(i.m) * i.n * i.k;
   EXPECT_EQ(macs, 1000.0 * 570 * 6100);
+  // The estimate leaves out only the per-core flag prologue and epilogue.
+  EXPECT_NEAR(g.estimated_instructions() / static_cast<double>(p.instruction_count()), 1.0, 0.01);
 }
 
 TEST(ElementwiseLowering, FlagsAreBalancedAndEveryElementIsComputedOnce) {
