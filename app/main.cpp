@@ -57,6 +57,15 @@ int cmd_check(const RunArgs& a) {
   return kExitOk;
 }
 
+// An output that cannot be written (missing folder, no permission, full disk) is the user's to fix.
+void write_output(const std::string& path, const std::string& text) {
+  try {
+    reports::write_file_atomic(path, text);
+  } catch (const std::runtime_error& e) {
+    throw ConfigError(e.what());
+  }
+}
+
 int cmd_run(const RunArgs& a, const std::string& cmdline) {
   auto t0 = std::chrono::steady_clock::now();
   // Load every config first, so a bad one fails before any simulation runs or any file is written.
@@ -77,18 +86,20 @@ int cmd_run(const RunArgs& a, const std::string& cmdline) {
     rep.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count();
     reports_out.push_back(std::move(rep));
   }
-  if (!a.json.empty()) reports::write_file_atomic(a.json, reports::to_json(reports_out.front()).dump(2) + "\n");
+  if (!a.json.empty()) write_output(a.json, reports::to_json(reports_out.front()).dump(2) + "\n");
   if (!a.out.empty()) {
-    std::filesystem::create_directories(a.out);
+    std::error_code ec;
+    std::filesystem::create_directories(a.out, ec);
+    if (ec) throw ConfigError(fmt::format("cannot create output folder '{}': {}", a.out, ec.message()));
     std::set<std::string> used;
     for (size_t i = 0; i < runs.size(); ++i) {
       std::string stem = std::filesystem::path(a.configs[i]).stem().string();
       for (int n = 2; !used.insert(stem).second; ++n) stem = std::filesystem::path(a.configs[i]).stem().string() + "_" + std::to_string(n);
-      reports::write_file_atomic((std::filesystem::path(a.out) / (stem + ".json")).string(),
+      write_output((std::filesystem::path(a.out) / (stem + ".json")).string(),
                                  reports::to_json(reports_out[i]).dump(2) + "\n");
     }
   }
-  if (!a.trace.empty()) reports::write_file_atomic(a.trace, reports::trace_json(trace).dump() + "\n");
+  if (!a.trace.empty()) write_output(a.trace, reports::trace_json(trace).dump() + "\n");
   if (!a.quiet) {
     fmt::print("{}", reports::format_table(reports_out));
     fmt::print("({} config(s) in {:.2f} s wall)\n", runs.size(),

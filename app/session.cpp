@@ -97,10 +97,12 @@ LoadedRun load_run(const std::string& config_file, const std::vector<std::string
   for (const auto& arg : sets) {
     auto [key, value] = parse_set_arg(arg);
     std::string top = key.substr(0, key.find('.'));
-    if (std::find(sections.begin(), sections.end(), top) == sections.end() || top == key)
+    const bool known = std::find(sections.begin(), sections.end(), top) != sections.end();
+    if (!known || top == key)
       throw ConfigError(SourceLoc{"--set " + arg, 0, 0, key},
-                        fmt::format("unknown key path '{}'{}; expected hardware.<param>, workload.<key> or tiling.<key>",
-                                    key, did_you_mean(top, sections)));
+                        fmt::format("{} '{}'{}; expected hardware.<param>, workload.<key> or tiling.<key>",
+                                    known ? "set a key below" : "unknown key path", key,
+                                    known ? "" : did_you_mean(top, sections)));
   }
   // Workload and tiling overrides edit the config itself; hardware ones edit the resolved preset.
   for (const auto& arg : sets) {

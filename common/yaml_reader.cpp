@@ -42,6 +42,7 @@ void merge_into(YAML::Node base, const YAML::Node& over, const std::string& path
 }
 
 YAML::Node parse_file(const std::string& file) {
+  if (std::filesystem::is_directory(file)) throw ConfigError(SourceLoc{file, 0, 0, ""}, "is a folder, not a YAML file");
   std::ifstream in(file);
   if (!in) throw ConfigError(SourceLoc{file, 0, 0, ""}, "cannot open file");
   std::stringstream ss;
@@ -78,7 +79,20 @@ YamlNode YamlNode::at(const std::string& key) const {
   doc_->mark_asked(path_, key);
   YAML::Node child = node_[key];
   if (!child || child.IsNull()) {
-    // Report where the parent map is, with the full path of the missing key.
+    // A present key that is a near-miss of the required one is the likely culprit: point at it.
+    std::vector<std::string> present;
+    for (const auto& kv : node_) present.push_back(kv.first.as<std::string>());
+    for (const auto& p : present) {
+      // Only keys nobody has consumed, and only close misspellings (one edit per four letters).
+      if (p != key && !doc_->is_used(child_path(p)) &&
+          edit_distance(p, key) <= std::max<size_t>(1, key.size() / 4) && p.size() > 1) {
+        SourceLoc l = doc_->loc_of(child_path(p), node_[p]);
+        for (const auto& kv : node_)
+          if (kv.first.as<std::string>() == p) l = doc_->loc_of(child_path(p), kv.first);
+        throw ConfigError(l, fmt::format("unknown key '{}' (did you mean '{}'?); the required key '{}' is missing",
+                                         p, key, child_path(key)));
+      }
+    }
     SourceLoc l = loc();
     l.key_path = child_path(key);
     throw ConfigError(l, "missing required key");
@@ -303,6 +317,13 @@ void YamlDoc::set_override(const std::string& rel_path, const std::string& value
                                            kind_name(next)));
     }
     chain.push_back(next);
+  }
+  YAML::Node existing = chain.back()[parts.back()];
+  if (existing && existing.IsMap() && !parsed.IsMap()) {
+    std::vector<std::string> keys;
+    for (const auto& kv : existing) keys.push_back(join_path(where.key_path, kv.first.as<std::string>()));
+    throw ConfigError(where, fmt::format("'{}' is a group of keys, not a value; set one of: {}", where.key_path,
+                                         join(keys)));
   }
   chain.back()[parts.back()] = parsed;
   origin_[join_path(root_path_, rel_path)] = origin;

@@ -101,6 +101,7 @@ class YamlDoc : public std::enable_shared_from_this<YamlDoc> {
 
   // Bookkeeping used by YamlNode.
   void mark_used(const std::string& path) { used_.insert(path); }
+  bool is_used(const std::string& path) const { return used_.count(path) > 0; }
   void mark_asked(const std::string& parent, const std::string& key) { asked_[parent].insert(key); }
   SourceLoc loc_of(const std::string& path, const YAML::Node& node) const;
 

@@ -31,7 +31,10 @@ ElementwiseTiling default_elementwise_tiling(const ElementwiseShape& s, const si
 
 std::string ElementwiseKernel::name() const {
   std::string dims;
-  for (size_t i = 0; i < s_.dims.size(); ++i) dims += (i ? "x" : "") + std::to_string(s_.dims[i]);
+  for (size_t i = 0; i < s_.dims.size(); ++i) {
+    if (i) dims += 'x';
+    dims += std::to_string(s_.dims[i]);
+  }
   return fmt::format("{}_{}_{}", sim::vec_op_name(s_.op), dims, sim::dtype_name(s_.in));
 }
 
@@ -61,8 +64,7 @@ Status ElementwiseKernel::can_implement(const sim::HardwareSpec& hw) const {
   return Status::good();
 }
 
-sim::Program ElementwiseKernel::lower(const sim::HardwareSpec& hw) const {
-  (void)hw;
+sim::Program ElementwiseKernel::lower(const sim::HardwareSpec&) const {
   const int in_b = sim::dtype_bytes(s_.in), out_b = sim::dtype_bytes(s_.out);
   GmAllocator gm;
   std::vector<uint64_t> in_base;

@@ -143,7 +143,6 @@ Status GemmKernel::can_implement(const sim::HardwareSpec& hw) const {
 }
 
 sim::Program GemmKernel::lower(const sim::HardwareSpec& hw) const {
-  (void)hw;
   const int64_t M = s_.m, N = s_.n, K = s_.k;
   const int64_t e = elt_bytes(s_.in), eo = elt_bytes(s_.out), ka = k_align(s_.in);
   GmAllocator gm;

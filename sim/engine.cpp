@@ -119,7 +119,7 @@ class Engine {
   void advance(uint32_t u, double now);
   bool dispatch(Unit& unit);
   bool try_issue(uint32_t u, Pipe p, double now, double& next_wake);
-  void issue_work(uint32_t u, Pipe p, const Instr& ins, uint32_t pc, double st, double now);
+  void issue_work(uint32_t u, Pipe p, const Instr& ins, uint32_t pc, double st);
   void start_transfer(uint32_t id, double t);
   void complete_transfer(uint32_t id, double t);
   void record_slice(uint32_t u, Pipe p, const Instr& ins, double start, double end);
@@ -278,7 +278,7 @@ void Engine::record_slice(uint32_t u, Pipe p, const Instr& ins, double start, do
 }
 
 // Issues a Copy/Mmad/Vector at `st` (<= now for GM copies).
-void Engine::issue_work(uint32_t u, Pipe p, const Instr& ins, uint32_t pc, double st, double now) {
+void Engine::issue_work(uint32_t u, Pipe p, const Instr& ins, uint32_t pc, double st) {
   Unit& unit = units_[u];
   PipeState& ps = unit.pipes[static_cast<int>(p)];
   auto& pstats = unit.stats.pipes[static_cast<int>(p)];
@@ -312,7 +312,6 @@ void Engine::issue_work(uint32_t u, Pipe p, const Instr& ins, uint32_t pc, doubl
   Transfer& tr = transfers_[id];
   tr = Transfer{u, pc, p, gm, false, st, 0, 0, 0};
   if (gm) {
-    (void)now;
     const bool write = path_writes_gm(ins.path);
     tr.write = write;
     L2Cache::Access acc = l2_.access(ins.gm, write);
@@ -456,7 +455,7 @@ bool Engine::try_issue(uint32_t u, Pipe p, double now, double& next_wake) {
         return false;
       }
       if (gm) st = std::max(st, now);
-      issue_work(u, p, ins, e.pc, st, now);
+      issue_work(u, p, ins, e.pc, st);
       ps.issue_free = std::max(ps.issue_free, st + issue_gap(ins));
       break;
     }

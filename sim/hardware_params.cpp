@@ -24,7 +24,7 @@ struct Decl {
 
 // Quantities may carry a unit suffix ("1.8GHz", "1.6TB/s", "512KiB"); a bare number is in the
 // declared unit.
-double parse_quantity(const YamlNode& node, const std::string& unit) {
+double parse_quantity(const YamlNode& node, const std::string& unit, bool integer = false) {
   static const std::map<std::string, std::map<std::string, double>> kScale{
       {"MHz", {{"Hz", 1e-6}, {"kHz", 1e-3}, {"MHz", 1}, {"GHz", 1e3}}},
       {"GB/s", {{"MB/s", 1e-3}, {"GB/s", 1}, {"TB/s", 1e3}}},
@@ -39,7 +39,8 @@ double parse_quantity(const YamlNode& node, const std::string& unit) {
   try {
     v = std::stod(s, &used);
   } catch (const std::exception&) {
-    node.fail(fmt::format("expected a number in {}, found '{}'", unit, s));
+    node.fail(fmt::format("expected {}{}, found '{}'", integer ? "an integer" : "a number",
+                          unit.empty() ? "" : " in " + unit, s));
   }
   std::string suffix = s.substr(used);
   suffix.erase(0, suffix.find_first_not_of(' '));
@@ -80,7 +81,7 @@ Decl integer(std::string name, std::string unit, std::string desc, bool required
              int64_t min = 1) {
   return Decl{{name, unit, desc}, required,
               [get, unit, min](HardwareSpec& s, const YamlNode& n) {
-                double v = parse_quantity(n, unit);
+                double v = parse_quantity(n, unit, true);
                 if (v != std::floor(v) || v < static_cast<double>(min) || v > 1e15)
                   n.fail(fmt::format("expected an integer >= {}, found {}", min, n.as_string()));
                 get(s) = static_cast<std::remove_reference_t<decltype(get(s))>>(v);
