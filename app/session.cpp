@@ -29,18 +29,25 @@ std::string config_dir() {
   return NPUSIM_CONFIG_DIR;
 }
 
+namespace {
+// A preset is a hardware YAML with a `name:` (the files it extends have none).
+bool is_preset_file(const fs::path& file) {
+  if (file.extension() != ".yaml" || !fs::is_regular_file(file)) return false;
+  try {
+    YAML::Node n = YAML::LoadFile(file.string());
+    return n.IsMap() && n["name"];
+  } catch (const YAML::Exception&) {
+    return false;
+  }
+}
+}  // namespace
+
 std::vector<std::string> list_presets() {
   std::vector<std::string> out;
   fs::path dir = fs::path(config_dir()) / "hardware";
   std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    if (entry.path().extension() != ".yaml") continue;
-    try {
-      YAML::Node n = YAML::LoadFile(entry.path().string());
-      if (n.IsMap() && n["name"]) out.push_back(entry.path().stem().string());
-    } catch (const YAML::Exception&) {
-    }
-  }
+  for (const auto& entry : fs::directory_iterator(dir, ec))
+    if (is_preset_file(entry.path())) out.push_back(entry.path().stem().string());
   std::sort(out.begin(), out.end());
   return out;
 }
@@ -63,11 +70,14 @@ std::string preset_file(const std::string& name, const SourceLoc& where) {
     if (!fs::exists(name)) throw ConfigError(where, fmt::format("hardware file '{}' not found", name));
     return name;
   }
-  auto presets = list_presets();
-  if (std::find(presets.begin(), presets.end(), name) == presets.end())
+  // The common case reads one file; only a miss reads every preset to suggest the nearest.
+  const fs::path file = fs::path(config_dir()) / "hardware" / (name + ".yaml");
+  if (!is_preset_file(file)) {
+    auto presets = list_presets();
     throw ConfigError(where, fmt::format("unknown hardware preset '{}'{}; known presets: {}", name,
                                          did_you_mean(name, presets), join(presets)));
-  return (fs::path(config_dir()) / "hardware" / (name + ".yaml")).string();
+  }
+  return file.string();
 }
 
 void apply_sets(const std::vector<std::string>& sets, const std::string& prefix,

@@ -7,29 +7,26 @@ namespace npusim::sim {
 
 L2Cache::L2Cache(uint64_t capacity_bytes, uint32_t line_bytes, uint64_t address_space_bytes)
     : line_bytes_(line_bytes), capacity_lines_(std::max<uint64_t>(1, capacity_bytes / line_bytes)) {
-  uint64_t lines = address_space_bytes / line_bytes + 2;
-  prev_.assign(lines, kNone);
-  next_.assign(lines, kNone);
-  state_.assign(lines, 0);
+  lines_.resize(address_space_bytes / line_bytes + 2);
 }
 
 void L2Cache::unlink(uint32_t line) {
-  uint32_t p = prev_[line], n = next_[line];
-  if (p != kNone) next_[p] = n; else head_ = n;
-  if (n != kNone) prev_[n] = p; else tail_ = p;
+  uint32_t p = lines_[line].prev, n = lines_[line].next;
+  if (p != kNone) lines_[p].next = n; else head_ = n;
+  if (n != kNone) lines_[n].prev = p; else tail_ = p;
 }
 
 void L2Cache::push_front(uint32_t line) {
-  prev_[line] = kNone;
-  next_[line] = head_;
-  if (head_ != kNone) prev_[head_] = line;
+  lines_[line].prev = kNone;
+  lines_[line].next = head_;
+  if (head_ != kNone) lines_[head_].prev = line;
   head_ = line;
   if (tail_ == kNone) tail_ = line;
 }
 
 void L2Cache::touch(uint32_t line, bool write, Access& acc) {
   ++acc.lines;
-  if (state_[line]) {
+  if (lines_[line].state) {
     ++acc.hit_lines;
     if (head_ != line) {
       unlink(line);
@@ -39,19 +36,19 @@ void L2Cache::touch(uint32_t line, bool write, Access& acc) {
     if (size_ == capacity_lines_) {
       uint32_t victim = tail_;
       unlink(victim);
-      if (state_[victim] == 2) {
+      if (lines_[victim].state == 2) {
         ++acc.writeback_lines;
         --dirty_;
       }
-      state_[victim] = 0;
+      lines_[victim].state = 0;
       --size_;
     }
     push_front(line);
-    state_[line] = 1;
+    lines_[line].state = 1;
     ++size_;
   }
-  if (write && state_[line] != 2) {
-    state_[line] = 2;
+  if (write && lines_[line].state != 2) {
+    lines_[line].state = 2;
     ++dirty_;
   }
 }
@@ -62,7 +59,7 @@ L2Cache::Access L2Cache::access(const GmRegion& r, bool write) {
   for (uint32_t row = 0; row < r.rows; ++row) {
     uint64_t a = r.addr + row * r.stride;
     uint64_t first_line = a / line_bytes_, last_line = (a + r.row_bytes - 1) / line_bytes_;
-    for (uint64_t l = first_line; l <= last_line && l < state_.size(); ++l) {
+    for (uint64_t l = first_line; l <= last_line && l < lines_.size(); ++l) {
       if (l == last) continue;  // rows sharing a line touch it once
       touch(static_cast<uint32_t>(l), write, acc);
       last = l;

@@ -43,8 +43,11 @@ class L2Cache {
   uint64_t size_ = 0;
   uint64_t dirty_ = 0;
   uint32_t head_ = kNone, tail_ = kNone;  // most / least recently used
-  std::vector<uint32_t> prev_, next_;
-  std::vector<uint8_t> state_;  // 0 absent, 1 clean, 2 dirty
+  struct Line {
+    uint32_t prev = kNone, next = kNone;
+    uint8_t state = 0;  // 0 absent, 1 clean, 2 dirty
+  };
+  std::vector<Line> lines_;  // one entry per line of the GM address space, links kept together
 };
 
 class SharedLink {
