@@ -111,9 +111,9 @@ std::vector<Decl> build_decls() {
                      [](S& s) -> double& { return s.hbm.efficiency; }));
   d.push_back(number("l2.size_mib", "MiB", "L2 cache capacity", true, [](S& s) -> double& { return s.l2.size_mib; }));
   d.push_back(integer("l2.line_bytes", "bytes", "L2 line size", true, [](S& s) -> int& { return s.l2.line_bytes; }));
-  d.push_back(number("l2.read_bw_gbs", "GB/s", "aggregate L2 read bandwidth (hits and fills)", true,
+  d.push_back(number("l2.aggregate_bw_gbs", "GB/s", "aggregate L2 read bandwidth (hits and fills)", true,
                      [](S& s) -> double& { return s.l2.read_bw_gbs; }));
-  d.push_back(number("l2.write_bw_gbs", "GB/s", "aggregate L2 write bandwidth", true,
+  d.push_back(number("l2.aggregate_write_bw_gbs", "GB/s", "aggregate L2 write bandwidth", true,
                      [](S& s) -> double& { return s.l2.write_bw_gbs; }));
   d.push_back(number("l2.hit_latency_cycles", "cycles", "L2 hit latency (part of the calibrated start-up)", true,
                      [](S& s) -> double& { return s.l2.hit_latency_cycles; }, 0, false));
@@ -130,9 +130,9 @@ std::vector<Decl> build_decls() {
     d.push_back(integer("aic.cube.k0." + dt, "elements", "cube K per fractal step for " + dt + " (MAC/cycle = 256*k0); 0 = unsupported",
                         false, [t](S& s) -> int& { return s.aic.cube_k0[t]; }, 0));
   }
-  d.push_back(number("aic.cube.head_cycles", "cycles", "MMAD start-up latency (pipelined)", true,
+  d.push_back(number("aic.cube.mmad_head_latency_cycles", "cycles", "MMAD start-up latency (pipelined)", true,
                      [](S& s) -> double& { return s.aic.mmad_head_cycles; }, 0, false));
-  d.push_back(number("aic.cube.issue_cycles", "cycles", "MMAD cost per instruction beyond its fractals", true,
+  d.push_back(number("aic.cube.mmad_issue_cycles", "cycles", "MMAD cost per instruction beyond its fractals", true,
                      [](S& s) -> double& { return s.aic.mmad_issue_cycles; }, 0, false));
   for (Pipe p : {Pipe::Mte2, Pipe::Mte1, Pipe::M, Pipe::Fixpipe}) {
     std::string pn = std::string(pipe_name(p));
@@ -141,9 +141,9 @@ std::vector<Decl> build_decls() {
                         [p](S& s) -> int& { return s.aic.queue_depth[static_cast<int>(p)]; }));
   }
   d.push_back(integer("aiv.ub_bytes", "bytes", "unified buffer per AIV (usable)", true, [](S& s) -> int64_t& { return s.aiv.ub_bytes; }));
-  d.push_back(number("aiv.vector.startup_cycles", "cycles", "vector instruction start-up (pipelined)", true,
+  d.push_back(number("aiv.vector.issue_overhead_cycles", "cycles", "vector instruction start-up (pipelined)", true,
                      [](S& s) -> double& { return s.aiv.vector_startup_cycles; }, 0, false));
-  d.push_back(number("aiv.vector.issue_cycles", "cycles", "minimum spacing of two vector instructions", true,
+  d.push_back(number("aiv.vector.issue_interval_cycles", "cycles", "minimum spacing of two vector instructions", true,
                      [](S& s) -> double& { return s.aiv.vector_issue_cycles; }, 0, false));
   for (int op = 0; op < kNumVecOps; ++op)
     for (int t = 0; t < kNumDTypes; ++t) {
@@ -162,15 +162,15 @@ std::vector<Decl> build_decls() {
                      [](S& s) -> double& { return s.mte_issue_gap_cycles; }, 0, false));
   d.push_back(number("scalar.dispatch_cycles", "cycles", "scalar unit cost to dispatch one instruction", true,
                      [](S& s) -> double& { return s.scalar_dispatch_cycles; }, 0, false));
-  d.push_back(integer("sync.event_ids", "", "intra-core event ids per pipe pair", true, [](S& s) -> int& { return s.sync.event_ids; }));
-  d.push_back(integer("sync.cross_flag_ids", "", "cross-core flag ids", true, [](S& s) -> int& { return s.sync.cross_flag_ids; }));
-  d.push_back(integer("sync.cross_max_pending", "", "cross-core sets pending without a wait", true,
+  d.push_back(integer("sync.intra_core_event_ids", "", "intra-core event ids per pipe pair", true, [](S& s) -> int& { return s.sync.event_ids; }));
+  d.push_back(integer("sync.cross_core_flag_ids", "", "cross-core flag ids", true, [](S& s) -> int& { return s.sync.cross_flag_ids; }));
+  d.push_back(integer("sync.cross_core_max_pending_sets", "", "cross-core sets pending without a wait", true,
                       [](S& s) -> int& { return s.sync.cross_max_pending; }));
   d.push_back(number("sync.set_wait_latency_cycles", "cycles", "intra-core set_flag -> wait_flag latency", true,
                      [](S& s) -> double& { return s.sync.set_wait_latency_cycles; }, 0, false));
   d.push_back(number("sync.cross_core_latency_cycles", "cycles", "cross-core flag latency", true,
                      [](S& s) -> double& { return s.sync.cross_core_latency_cycles; }, 0, false));
-  d.push_back(number("launch_overhead_us", "us", "kernel launch overhead (reported apart, not in cycles)", true,
+  d.push_back(number("kernel_launch_overhead_us", "us", "kernel launch overhead (reported apart, not in cycles)", true,
                      [](S& s) -> double& { return s.launch_overhead_us; }, 0, false));
   for (int p = 0; p < kNumPaths; ++p) {
     std::string base = "paths." + std::string(path_name(static_cast<Path>(p)));

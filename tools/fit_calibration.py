@@ -16,9 +16,9 @@ What is fitted:
       clamped to [0, 0.9 * min c_i], rounded down to 0.1 cycle. Curve point r_i =
       bytes_i / (c_i - L) (data-phase rate), 4 significant digits. The simulator charges
       L + B / rate(B), with rate(B) linear between curve points and clamped outside.
-  aic.cube.{head_cycles, issue_cycles}   from mmad_model.csv (official head) and mmad.csv
+  aic.cube.{mmad_head_latency_cycles, mmad_issue_cycles}   from mmad_model.csv (official head) and mmad.csv
       (the per-instruction cost minimising the worst relative error over the back-to-back sweep).
-  mte.issue_gap_cycles, hbm.efficiency, l2.read_bw_gbs   from transfer_multicore.csv; the L2
+  mte.issue_gap_cycles, hbm.efficiency, l2.aggregate_bw_gbs   from transfer_multicore.csv; the L2
       rate uses the serial hit/miss model of the data_copy sample (time = hits / B_L2 + misses /
       B_HBM) with B_HBM from the no-reuse scenario 3.
 
@@ -319,9 +319,9 @@ def render(arch, paths, cube, mc):
     L.append("")
     L.append("aic:")
     L.append("  cube:")
-    L.append("    head_cycles: %s   # official: mmad_model.csv %s head_latency_cycles (asc-devkit mmad_perf)" % (
+    L.append("    mmad_head_latency_cycles: %s   # official: mmad_model.csv %s head_latency_cycles (asc-devkit mmad_perf)" % (
         num(cube["head"]), cube["head_row"]))
-    L.append("    issue_cycles: %s   # fitted: minimax relative error of ideal + issue vs mmad.csv %s (%d rows, back-to-back issue)" % (
+    L.append("    mmad_issue_cycles: %s   # fitted: minimax relative error of ideal + issue vs mmad.csv %s (%d rows, back-to-back issue)" % (
         num(cube["issue"]), cube["sweep_key"], cube["sweep_n"]))
     L.append("")
     s1, s3, s6 = mc["s1"], mc["s3"], mc["s6"]
@@ -341,7 +341,7 @@ def render(arch, paths, cube, mc):
                  % (num(mc["eff"]), mc["chip"], s3["tile"], s3["effective_read_bw_gb_s"], num(mc["peak"])))
     L.append("")
     L.append("l2:")
-    L.append("  read_bw_gbs: %s   # fitted: transfer_multicore.csv %s GM->UB scenario 6 (%s us, L2 hit rate %s) with the"
+    L.append("  aggregate_bw_gbs: %s   # fitted: transfer_multicore.csv %s GM->UB scenario 6 (%s us, L2 hit rate %s) with the"
              % (num(mc["l2"]), mc["chip"], s6["pipe_time_us"], s6["l2_hit_rate"]))
     L.append("  #   serial model time = hits / B_L2 + misses / B_HBM, B_HBM = scenario 3's %s GB/s" % s3["effective_read_bw_gb_s"])
     L.append("")
