@@ -158,9 +158,9 @@ Engine::Engine(const HardwareSpec& hw, const Program& prog, const SimOptions& op
       opt_(opt),
       l2_(static_cast<uint64_t>(hw.l2.size_mib * 1048576.0), static_cast<uint32_t>(hw.l2.line_bytes),
           prog.gm_footprint_bytes),
-      link_(hw.l2.read_bw_gbs * 1e3 / hw.freq_mhz),
-      miss_cost_(hw.l2.read_bw_gbs / (hw.hbm.peak_bw_gbs * hw.hbm.efficiency)),
-      write_cost_(hw.l2.read_bw_gbs / hw.l2.write_bw_gbs) {
+      link_(hw.l2.aggregate_bw_gbs * 1e3 / hw.freq_mhz),
+      miss_cost_(hw.l2.aggregate_bw_gbs / (hw.hbm.peak_bw_gbs * hw.hbm.efficiency)),
+      write_cost_(hw.l2.aggregate_bw_gbs / hw.l2.aggregate_write_bw_gbs) {
   aic_unit_.assign(hw.num_aic, -1);
   aiv_unit_.assign(hw.num_aiv, -1);
   units_.resize(prog.cores.size());

@@ -112,9 +112,9 @@ std::vector<Decl> build_decls() {
   d.push_back(number("l2.size_mib", "MiB", "L2 cache capacity", true, [](S& s) -> double& { return s.l2.size_mib; }));
   d.push_back(integer("l2.line_bytes", "bytes", "L2 line size", true, [](S& s) -> int& { return s.l2.line_bytes; }));
   d.push_back(number("l2.aggregate_bw_gbs", "GB/s", "aggregate L2 read bandwidth (hits and fills)", true,
-                     [](S& s) -> double& { return s.l2.read_bw_gbs; }));
+                     [](S& s) -> double& { return s.l2.aggregate_bw_gbs; }));
   d.push_back(number("l2.aggregate_write_bw_gbs", "GB/s", "aggregate L2 write bandwidth", true,
-                     [](S& s) -> double& { return s.l2.write_bw_gbs; }));
+                     [](S& s) -> double& { return s.l2.aggregate_write_bw_gbs; }));
   d.push_back(number("l2.hit_latency_cycles", "cycles", "L2 hit latency (part of the calibrated start-up)", true,
                      [](S& s) -> double& { return s.l2.hit_latency_cycles; }, 0, false));
   d.push_back(number("l2.miss_extra_latency_cycles", "cycles", "extra start-up of a transfer that misses L2", true,

@@ -50,8 +50,8 @@ struct HardwareSpec {
   struct L2 {
     double size_mib = 0;
     int line_bytes = 512;
-    double read_bw_gbs = 0;   // aggregate over all cores
-    double write_bw_gbs = 0;  // aggregate over all cores
+    double aggregate_bw_gbs = 0;        // reads, over all cores
+    double aggregate_write_bw_gbs = 0;  // over all cores
     double hit_latency_cycles = 0;
     double miss_extra_latency_cycles = 0;
   } l2;

@@ -375,7 +375,7 @@ def main():
             print("cube check: head+issue+ideal vs %s (%d single-instruction rows): max rel err %s at %s -> %s" % (
                 c["key"], c["n"], pct(c["max_err"]), c["worst"], "OK (<= 10%)" if c["ok"] else "FAIL (> 10%)"))
             failed = failed or not c["ok"]
-        print("mte.issue_gap_cycles %s; hbm.efficiency %s (raw %.3f%s); l2.read_bw_gbs %s" % (
+        print("mte.issue_gap_cycles %s; hbm.efficiency %s (raw %.3f%s); l2.aggregate_bw_gbs %s" % (
             num(mc["gap"]), num(mc["eff"]), mc["eff_raw"], ", CONFLICT: above peak, capped" if mc["eff_capped"] else "",
             num(mc["l2"])))
         text = render(arch, paths, cube, mc)
