@@ -46,6 +46,7 @@ struct RunArgs {
   std::vector<std::string> sets;
   std::string json, trace, out;
   bool quiet = false;
+  bool functional = false;
 };
 
 int cmd_check(const RunArgs& a) {
@@ -66,6 +67,7 @@ void write_output(const std::string& path, const std::string& text) {
   }
 }
 
+// run (and validate, which is run --functional with the verdict as exit code).
 int cmd_run(const RunArgs& a, const std::string& cmdline) {
   auto t0 = std::chrono::steady_clock::now();
   // Load every config first, so a bad one fails before any simulation runs or any file is written.
@@ -79,7 +81,7 @@ int cmd_run(const RunArgs& a, const std::string& cmdline) {
     auto t_run = std::chrono::steady_clock::now();
     sim::SimOptions opt;
     opt.trace = !a.trace.empty() && i == 0;
-    app::RunOutput out = app::execute(runs[i], opt);
+    app::RunOutput out = a.functional ? app::execute_functional(runs[i], opt) : app::execute(runs[i], opt);
     if (opt.trace) trace = app::make_trace(runs[i].hw, out.sim);
     reports::RunReport rep = app::make_report(runs[i].hw, a.configs[i], cmdline);
     rep.kernels.push_back(out.kernel);
@@ -100,12 +102,19 @@ int cmd_run(const RunArgs& a, const std::string& cmdline) {
     }
   }
   if (!a.trace.empty()) write_output(a.trace, reports::trace_json(trace).dump() + "\n");
+  bool all_passed = true;
+  for (const auto& r : reports_out)
+    for (const auto& k : r.kernels)
+      if (k.validation) {
+        all_passed = all_passed && k.validation->passed;
+        if (!a.quiet || !k.validation->passed) fmt::print("{}", reports::format_validation(k.name, *k.validation));
+      }
   if (!a.quiet) {
     fmt::print("{}", reports::format_table(reports_out));
     fmt::print("({} config(s) in {:.2f} s wall)\n", runs.size(),
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
-  return kExitOk;
+  return all_passed ? kExitOk : kExitMismatch;
 }
 
 }  // namespace
@@ -116,7 +125,7 @@ int main(int argc, char** argv) {
   cli.set_version_flag("--version", fmt::format("npusim {} (git {})", app::tool_version(), app::git_revision()));
 
   RunArgs run_args;
-  auto add_run_opts = [&](CLI::App* sub, bool outputs) {
+  auto add_run_opts = [&](CLI::App* sub, bool outputs, bool functional_flag = false) {
     sub->add_option("configs", run_args.configs, "run config YAML file(s)")->required();
     sub->add_option("--set", run_args.sets, "override a key: hardware.<param>=V, workload.<key>=V, tiling.<key>=V");
     if (outputs) {
@@ -125,9 +134,15 @@ int main(int argc, char** argv) {
       sub->add_option("--out", run_args.out, "write one JSON report per config (named after it) into this folder");
       sub->add_flag("--quiet", run_args.quiet, "do not print the table");
     }
+    if (functional_flag)
+      sub->add_flag("--functional", run_args.functional,
+                    "also execute on real numbers and validate against the CPU reference (report gains `validation`)");
   };
   CLI::App* run = cli.add_subcommand("run", "simulate config(s) and print the utilization table");
-  add_run_opts(run, true);
+  add_run_opts(run, true, true);
+  CLI::App* validate = cli.add_subcommand(
+      "validate", "time and execute config(s) functionally, check the numbers (exit 0 pass, 1 mismatch, 2 config error)");
+  add_run_opts(validate, true);
   CLI::App* check = cli.add_subcommand("check", "validate config(s) without simulating");
   add_run_opts(check, false);
   CLI::App* hw = cli.add_subcommand("hw", "hardware presets");
@@ -150,6 +165,10 @@ int main(int argc, char** argv) {
 
   try {
     if (*run) return cmd_run(run_args, command_line(argc, argv));
+    if (*validate) {
+      run_args.functional = true;
+      return cmd_run(run_args, command_line(argc, argv));
+    }
     if (*check) return cmd_check(run_args);
     if (hw->got_subcommand("list")) return cmd_hw_list();
     if (hw->got_subcommand("show")) return cmd_hw_show(hw_name, hw_sets);

@@ -7,8 +7,12 @@
 #include <filesystem>
 #include <set>
 
+#include <unistd.h>
+
 #include "common/text.hpp"
 #include "common/yaml_reader.hpp"
+#include "kernels/validation.hpp"
+#include "sim/functional.hpp"
 
 #ifndef NPUSIM_CONFIG_DIR
 #define NPUSIM_CONFIG_DIR "configs"
@@ -103,7 +107,7 @@ sim::HardwareSpec load_hardware(const std::string& name_or_path, const std::vect
 
 LoadedRun load_run(const std::string& config_file, const std::vector<std::string>& sets) {
   auto doc = YamlDoc::load(config_file);
-  const std::vector<std::string> sections{"hardware", "workload", "tiling"};
+  const std::vector<std::string> sections{"hardware", "workload", "tiling", "inputs"};
   for (const auto& arg : sets) {
     auto [key, value] = parse_set_arg(arg);
     std::string top = key.substr(0, key.find('.'));
@@ -144,6 +148,7 @@ LoadedRun load_run(const std::string& config_file, const std::vector<std::string
   YamlNode workload = root.at("workload");
   auto tiling = root.get("tiling");
   run.kernel = kernels::make_kernel(workload, tiling, run.hw);
+  run.inputs = kernels::parse_inputs(root.get("inputs"));
   doc->finish();
   // Limits checked before anything is lowered.
   const double hbm_bytes = run.hw.hbm.capacity_gib * 1073741824.0;
@@ -215,6 +220,79 @@ RunOutput execute(const LoadedRun& run, const sim::SimOptions& opt) {
   RunOutput out;
   out.sim = sim::simulate(run.hw, prog, opt);
   out.kernel = summarize(run.hw, *run.kernel, out.sim);
+  return out;
+}
+
+uint64_t functional_bytes_needed(const LoadedRun& run) {
+  uint64_t gm = 0, elements = 0;
+  for (const auto& t : run.kernel->tensors()) {
+    gm = std::max<uint64_t>(gm, t.addr + static_cast<uint64_t>(t.rows * t.cols) * sim::dtype_bytes(t.dtype));
+    elements += static_cast<uint64_t>(t.rows * t.cols);
+  }
+  const auto& a = run.hw.aic;
+  uint64_t local = static_cast<uint64_t>(run.hw.num_aic) * (a.l1_bytes + a.l0a_bytes + a.l0b_bytes + a.l0c_bytes) +
+                   static_cast<uint64_t>(run.hw.num_aiv) * run.hw.aiv.ub_bytes;
+  // Each element is held as double for the inputs, the device output and two references, plus
+  // float copies for the same-precision GEMM.
+  return gm + local + elements * (4 * sizeof(double) + sizeof(float));
+}
+
+uint64_t functional_bytes_limit() {
+  if (const char* env = std::getenv("NPUSIM_MAX_FUNCTIONAL_BYTES"); env && *env) {
+    char* end = nullptr;
+    double v = std::strtod(env, &end);
+    if (end && *end == '\0' && v > 0) return static_cast<uint64_t>(v);
+    throw ConfigError(SourceLoc{"NPUSIM_MAX_FUNCTIONAL_BYTES", 0, 0, ""}, fmt::format("expected a byte count, found '{}'", env));
+  }
+  const double phys = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
+  return static_cast<uint64_t>(0.8 * phys);
+}
+
+RunOutput execute_functional(const LoadedRun& run, const sim::SimOptions& opt_in) {
+  const uint64_t need = functional_bytes_needed(run), limit = functional_bytes_limit();
+  if (need > limit)
+    throw ConfigError(SourceLoc{run.config_file, 0, 0, "workload"},
+                      fmt::format("a functional run of {} needs about {:.2f} GiB of memory, above the limit of {:.2f} GiB "
+                                  "(80% of this machine's memory; set NPUSIM_MAX_FUNCTIONAL_BYTES to change it); "
+                                  "run without --functional for timing only",
+                                  run.kernel->name(), need / 1073741824.0, limit / 1073741824.0));
+  return execute_functional(run, run.kernel->lower(run.hw, /*functional=*/true), opt_in);
+}
+
+RunOutput execute_functional(const LoadedRun& run, const sim::Program& prog, const sim::SimOptions& opt_in) {
+  sim::SimOptions opt = opt_in;
+  opt.record_work = true;
+  RunOutput out;
+  out.sim = sim::simulate(run.hw, prog, opt);
+  out.kernel = summarize(run.hw, *run.kernel, out.sim);
+
+  sim::FunctionalMemory mem(run.hw, prog);
+  const auto tensors = run.kernel->tensors();
+  std::vector<std::vector<double>> inputs;
+  const kernels::TensorInfo* output = nullptr;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (tensors[i].output) {
+      output = &tensors[i];
+      continue;
+    }
+    inputs.push_back(kernels::generate_input(run.inputs, tensors[i], static_cast<int>(i)));
+    kernels::write_tensor(mem.gm(), tensors[i], inputs.back());
+  }
+  sim::run_functional(run.hw, prog, out.sim, mem);
+  std::vector<double> device = kernels::read_tensor(mem.gm(), *output);
+  kernels::Golden golden = run.kernel->reference(inputs);
+  kernels::Validation v = kernels::validate_output(device, golden, kernels::tolerance_for(output->dtype), output->cols);
+
+  reports::ValidationReport rv;
+  rv.passed = v.passed;
+  rv.max_abs_err = v.max_abs_err, rv.max_rel_err = v.max_rel_err, rv.cos_diff = v.cos_diff;
+  rv.mere = v.mere, rv.mare = v.mare, rv.ratio_to_same_precision = v.ratio_to_same_precision;
+  rv.elements = v.elements, rv.failed_elements = v.failed_elements, rv.nonfinite_mismatches = v.nonfinite_mismatches;
+  rv.tolerance = {{"basis", v.tol.basis}, {"exact", v.tol.exact}, {"rtol", v.tol.rtol}, {"atol", v.atol},
+                  {"atol_rms", v.tol.atol_rms}, {"cos_diff", v.tol.cos_diff}, {"mere", v.tol.mere}, {"mare", v.tol.mare}};
+  rv.failures = v.failures;
+  for (const auto& m : v.worst) rv.worst.push_back({m.index, m.row, m.col, m.device, m.golden, m.abs_err});
+  out.kernel.validation = rv;
   return out;
 }
 

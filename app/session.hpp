@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels/kernel.hpp"
+#include "kernels/tensor_io.hpp"
 #include "reports/result.hpp"
 #include "sim/engine.hpp"
 #include "sim/hardware_spec.hpp"
@@ -32,6 +33,7 @@ struct LoadedRun {
   std::string config_file;
   sim::HardwareSpec hw;
   std::unique_ptr<kernels::Kernel> kernel;
+  kernels::InputSpec inputs;  // for functional runs (`inputs:` section)
 };
 
 // Parses and validates a run config; a tiling that cannot run is a ConfigError at its key.
@@ -43,6 +45,17 @@ struct RunOutput {
 };
 
 RunOutput execute(const LoadedRun& run, const sim::SimOptions& opt = {});
+
+// Memory a functional run of `run` would allocate (GM image, on-chip buffers, inputs, references).
+uint64_t functional_bytes_needed(const LoadedRun& run);
+// The most a functional run may allocate: $NPUSIM_MAX_FUNCTIONAL_BYTES, else 80% of physical memory.
+uint64_t functional_bytes_limit();
+
+// Times the kernel and executes it on real numbers from the same program, then checks the output
+// against the CPU reference. Refuses (ConfigError) a run that would exceed functional_bytes_limit().
+RunOutput execute_functional(const LoadedRun& run, const sim::SimOptions& opt = {});
+// The same on a program already lowered with operands (tests use it to break programs on purpose).
+RunOutput execute_functional(const LoadedRun& run, const sim::Program& prog, const sim::SimOptions& opt = {});
 
 // Builds the report's kernel entry from a simulation.
 reports::KernelReport summarize(const sim::HardwareSpec& hw, const kernels::Kernel& k, const sim::SimResult& r);

@@ -4,6 +4,10 @@
 
 #include <algorithm>
 
+#include "common/errors.hpp"
+#include "common/numerics.hpp"
+#include "kernels/reference/reference.hpp"
+
 namespace npusim::kernels {
 
 using sim::DType;
@@ -64,12 +68,22 @@ Status ElementwiseKernel::can_implement(const sim::HardwareSpec& hw) const {
   return Status::good();
 }
 
-sim::Program ElementwiseKernel::lower(const sim::HardwareSpec&) const {
-  const int in_b = sim::dtype_bytes(s_.in), out_b = sim::dtype_bytes(s_.out);
+std::vector<TensorInfo> ElementwiseKernel::tensors() const {
   GmAllocator gm;
-  std::vector<uint64_t> in_base;
-  for (int i = 0; i < inputs(); ++i) in_base.push_back(gm.alloc(s_.elems * in_b));
-  const uint64_t out_base = gm.alloc(s_.elems * out_b);
+  std::vector<TensorInfo> out;
+  for (int i = 0; i < inputs(); ++i)
+    out.push_back({i == 0 ? "x" : "y", s_.in, 1, s_.elems, TensorLayout::RowMajor,
+                   gm.alloc(s_.elems * sim::dtype_bytes(s_.in)), false});
+  out.push_back({"out", s_.out, 1, s_.elems, TensorLayout::RowMajor, gm.alloc(s_.elems * sim::dtype_bytes(s_.out)), true});
+  return out;
+}
+
+sim::Program ElementwiseKernel::lower(const sim::HardwareSpec&, bool functional) const {
+  using sim::TileLayout;
+  const int in_b = sim::dtype_bytes(s_.in), out_b = sim::dtype_bytes(s_.out);
+  const auto tensor = tensors();
+  GmAllocator gm;
+  for (const auto& t : tensor) gm.alloc(t.cols * sim::dtype_bytes(t.dtype));
   sim::Program prog;
   prog.name = name();
   prog.gm_footprint_bytes = gm.footprint();
@@ -79,10 +93,15 @@ sim::Program ElementwiseKernel::lower(const sim::HardwareSpec&) const {
   const int cores = static_cast<int>(std::min<int64_t>(t_.cores, tiles));
   const int64_t per_instr = kMaxRepeat * kRepeatBytes / std::max(in_b, out_b);
   const int nb = t_.buffers;
+  // UB: buffer set q holds each input tile, then the output tile.
+  const uint64_t set_bytes = static_cast<uint64_t>(t_.tile_elems) * (inputs() * in_b + out_b);
+  auto ub_in = [&](int q, int i) { return q * set_bytes + static_cast<uint64_t>(i) * t_.tile_elems * in_b; };
+  auto ub_out = [&](int q) { return q * set_bytes + static_cast<uint64_t>(inputs()) * t_.tile_elems * in_b; };
+  const uint64_t out_base = tensor.back().addr;
   for (int c = 0; c < cores; ++c) {
     const int64_t first = tiles * c / cores, last = tiles * (c + 1) / cores;
-    sim::CoreProgram cp{sim::CoreKind::Aiv, c, {}};
-    sim::CoreBuilder b(cp);
+    sim::CoreProgram cp{sim::CoreKind::Aiv, c, {}, {}};
+    sim::CoreBuilder b(cp, functional);
     for (int q = 0; q < nb; ++q) {
       b.set_flag(Pipe::V, Pipe::Mte2, q);
       b.set_flag(Pipe::Mte3, Pipe::V, q);
@@ -91,17 +110,32 @@ sim::Program ElementwiseKernel::lower(const sim::HardwareSpec&) const {
       const int q = static_cast<int>((t - first) % nb);
       const int64_t off = t * t_.tile_elems, n = std::min(t_.tile_elems, s_.elems - off);
       b.wait_flag(Pipe::V, Pipe::Mte2, q);
-      for (uint64_t base : in_base)
-        b.copy(Path::GmToUb, uint32_t(n * in_b), sim::GmRegion{base + off * in_b, 1, uint32_t(n * in_b), uint64_t(n * in_b)});
+      for (int i = 0; i < inputs(); ++i) {
+        sim::Operands o;
+        o.rows = 1, o.cols = uint32_t(n);
+        o.src = {tensor[i].addr + off * in_b, 0, 0, 0, TileLayout::Flat, s_.in};
+        o.dst = {ub_in(q, i), 0, 0, 0, TileLayout::Flat, s_.in};
+        b.copy(Path::GmToUb, uint32_t(n * in_b),
+               sim::GmRegion{o.src.offset, 1, uint32_t(n * in_b), uint64_t(n * in_b)}, o);
+      }
       b.set_flag(Pipe::Mte2, Pipe::V, q);
       b.wait_flag(Pipe::Mte2, Pipe::V, q);
       b.wait_flag(Pipe::Mte3, Pipe::V, q);
-      for (int64_t done = 0; done < n; done += per_instr)
-        b.vec(s_.op, s_.in, uint32_t(std::min(per_instr, n - done)));
+      for (int64_t done = 0; done < n; done += per_instr) {
+        sim::Operands o;
+        o.src = {ub_in(q, 0) + done * in_b, 0, 0, 0, TileLayout::Flat, s_.in};
+        o.src2 = {ub_in(q, inputs() > 1 ? 1 : 0) + done * in_b, 0, 0, 0, TileLayout::Flat, s_.in};
+        o.dst = {ub_out(q) + done * out_b, 0, 0, 0, TileLayout::Flat, s_.out};
+        b.vec(s_.op, s_.in, uint32_t(std::min(per_instr, n - done)), o);
+      }
       b.set_flag(Pipe::V, Pipe::Mte2, q);
       b.set_flag(Pipe::V, Pipe::Mte3, q);
       b.wait_flag(Pipe::V, Pipe::Mte3, q);
-      b.copy(Path::UbToGm, uint32_t(n * out_b), sim::GmRegion{out_base + off * out_b, 1, uint32_t(n * out_b), uint64_t(n * out_b)});
+      sim::Operands o;
+      o.rows = 1, o.cols = uint32_t(n);
+      o.src = {ub_out(q), 0, 0, 0, TileLayout::Flat, s_.out};
+      o.dst = {out_base + off * out_b, 0, 0, 0, TileLayout::Flat, s_.out};
+      b.copy(Path::UbToGm, uint32_t(n * out_b), sim::GmRegion{o.dst.offset, 1, uint32_t(n * out_b), uint64_t(n * out_b)}, o);
       b.set_flag(Pipe::Mte3, Pipe::V, q);
     }
     for (int q = 0; q < nb; ++q) {
@@ -111,6 +145,25 @@ sim::Program ElementwiseKernel::lower(const sim::HardwareSpec&) const {
     prog.cores.push_back(std::move(cp));
   }
   return prog;
+}
+
+Golden ElementwiseKernel::reference(const std::vector<std::vector<double>>& in) const {
+  const size_t n = static_cast<size_t>(s_.elems);
+  Golden g;
+  g.exact.resize(n);
+  switch (s_.op) {
+    case sim::VecOp::Add: ref::binary(ref::Binary::Add, in[0].data(), in[1].data(), n, g.exact.data()); break;
+    case sim::VecOp::Mul: ref::binary(ref::Binary::Mul, in[0].data(), in[1].data(), n, g.exact.data()); break;
+    case sim::VecOp::Exp: ref::unary(ref::Unary::Exp, in[0].data(), n, g.exact.data()); break;
+    case sim::VecOp::Relu: ref::unary(ref::Unary::Relu, in[0].data(), n, g.exact.data()); break;
+    case sim::VecOp::Cast: g.exact = in[0]; break;
+    default: throw InternalError("no reference for this elementwise op");
+  }
+  // The vector unit rounds each result once, to the output type.
+  const num::Format out = sim::number_format(s_.out);
+  g.same_precision.resize(n);
+  for (size_t i = 0; i < n; ++i) g.same_precision[i] = num::round_to(out, g.exact[i]);
+  return g;
 }
 
 std::unique_ptr<Kernel> make_elementwise(const YamlNode& w, const std::optional<YamlNode>& tiling,

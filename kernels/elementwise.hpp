@@ -33,7 +33,9 @@ class ElementwiseKernel : public Kernel {
   nlohmann::json tiling_json() const override;
   bool tiling_is_default() const override { return default_; }
   Status can_implement(const sim::HardwareSpec& hw) const override;
-  sim::Program lower(const sim::HardwareSpec& hw) const override;
+  sim::Program lower(const sim::HardwareSpec& hw, bool functional = false) const override;
+  std::vector<TensorInfo> tensors() const override;
+  Golden reference(const std::vector<std::vector<double>>& inputs) const override;
   double flops() const override { return static_cast<double>(s_.elems); }
   double compulsory_bytes() const override;
   double estimated_instructions() const override {

@@ -4,6 +4,9 @@
 
 #include <algorithm>
 
+#include "common/numerics.hpp"
+#include "kernels/reference/reference.hpp"
+
 namespace npusim::kernels {
 
 using sim::CoreKind;
@@ -17,15 +20,15 @@ int elt_bytes(DType d) { return sim::dtype_bytes(d); }
 // K granularity of one cube fractal row: 32 bytes of input.
 int64_t k_align(DType d) { return 32 / elt_bytes(d); }
 
-Layout parse_layout(const YamlNode& n, bool allow_nz) {
+TensorLayout parse_layout(const YamlNode& n, bool allow_nz) {
   std::vector<std::string> choices{"row_major", "col_major"};
   if (allow_nz) choices.push_back("nz");
   std::string v = n.as_enum(choices);
-  return v == "row_major" ? Layout::RowMajor : v == "col_major" ? Layout::ColMajor : Layout::Nz;
+  return v == "row_major" ? TensorLayout::RowMajor : v == "col_major" ? TensorLayout::ColMajor : TensorLayout::Nz;
 }
 
-const char* layout_name(Layout l) {
-  return l == Layout::RowMajor ? "row_major" : l == Layout::ColMajor ? "col_major" : "nz";
+const char* layout_name(TensorLayout l) {
+  return l == TensorLayout::RowMajor ? "row_major" : l == TensorLayout::ColMajor ? "col_major" : "nz";
 }
 
 std::array<int64_t, 3> parse_triple(const YamlNode& n) {
@@ -142,25 +145,55 @@ Status GemmKernel::can_implement(const sim::HardwareSpec& hw) const {
   return Status::good();
 }
 
-sim::Program GemmKernel::lower(const sim::HardwareSpec& hw) const {
+namespace {
+// GM placement shared by lower() and tensors(): A, then B, then C, each 512-byte aligned.
+struct GemmGm {
+  uint64_t a, b, c, footprint;
+};
+GemmGm place(const GemmShape& s) {
+  const int64_t e = sim::dtype_bytes(s.in);
+  GmAllocator gm;
+  GemmGm g{};
+  g.a = gm.alloc(s.m * s.k * e);
+  g.b = gm.alloc((s.b == TensorLayout::Nz ? round_up(s.k, 16) * round_up(s.n, 16) : s.k * s.n) * e);
+  g.c = gm.alloc(s.m * s.n * sim::dtype_bytes(s.out));
+  g.footprint = gm.footprint();
+  return g;
+}
+}  // namespace
+
+std::vector<TensorInfo> GemmKernel::tensors() const {
+  GemmGm g = place(s_);
+  return {{"a", s_.in, s_.m, s_.k, s_.a, g.a, false},
+          {"b", s_.in, s_.k, s_.n, s_.b, g.b, false},
+          {"c", s_.out, s_.m, s_.n, TensorLayout::RowMajor, g.c, true}};
+}
+
+sim::Program GemmKernel::lower(const sim::HardwareSpec& hw, bool functional) const {
+  using sim::TileLayout;
+  using sim::TileRef;
   const int64_t M = s_.m, N = s_.n, K = s_.k;
   const int64_t e = elt_bytes(s_.in), eo = elt_bytes(s_.out), ka = k_align(s_.in);
-  GmAllocator gm;
-  const uint64_t a_base = gm.alloc(M * K * e);
-  const int64_t kp = round_up(K, 16), np = round_up(N, 16);
-  const uint64_t b_base = gm.alloc((s_.b == Layout::Nz ? kp * np : K * N) * e);
-  const uint64_t c_base = gm.alloc(M * N * eo);
+  const GemmGm g = place(s_);
+  const int64_t kp = round_up(K, 16);
+  const sim::DType acc = s_.in == DType::Int8 ? DType::Int32 : DType::Fp32;
 
   sim::Program prog;
   prog.name = name();
-  prog.gm_footprint_bytes = gm.footprint();
+  prog.gm_footprint_bytes = g.footprint;
   const int64_t mblocks = ceil_div(M, t_.m1), nblocks = ceil_div(N, t_.n1), blocks = mblocks * nblocks;
   const int cores = static_cast<int>(std::min<int64_t>(t_.cores, blocks));
   const int l0c_bufs = 2 * t_.m1 * t_.n1 * 4 <= hw.aic.l0c_bytes ? 2 : 1;
+  // On-chip placement: L1 stage s holds A (m1 x k1) then B (k1 x n1); L0A/L0B/L0C are split in
+  // halves (or kept whole) for ping-pong.
+  const uint64_t l1_stage = static_cast<uint64_t>(t_.m1 * t_.k1 + t_.k1 * t_.n1) * e;
+  const uint64_t l0a_half = static_cast<uint64_t>(t_.m0 * t_.k0) * e, l0b_half = static_cast<uint64_t>(t_.k0 * t_.n0) * e;
+  const uint64_t l0c_buf = static_cast<uint64_t>(t_.m1 * t_.n1) * 4;
+  auto r16 = [](int64_t x) { return static_cast<uint32_t>(round_up(x, 16)); };
 
   for (int c = 0; c < cores; ++c) {
-    sim::CoreProgram cp{CoreKind::Aic, c, {}};
-    sim::CoreBuilder b(cp);
+    sim::CoreProgram cp{CoreKind::Aic, c, {}, {}};
+    sim::CoreBuilder b(cp, functional);
     for (int s = 0; s < t_.stages; ++s) b.set_flag(Pipe::Mte1, Pipe::Mte2, s);
     for (int p = 0; p < 2; ++p) b.set_flag(Pipe::M, Pipe::Mte1, p);
     for (int q = 0; q < l0c_bufs; ++q) b.set_flag(Pipe::Fixpipe, Pipe::M, q);
@@ -169,28 +202,46 @@ sim::Program GemmKernel::lower(const sim::HardwareSpec& hw) const {
       auto [mi, ni] = swizzle_block(blk, mblocks, nblocks, t_.swizzle_offset, t_.swizzle_direction);
       const int64_t mb = std::min(t_.m1, M - mi * t_.m1), nb = std::min(t_.n1, N - ni * t_.n1);
       const int cbuf = static_cast<int>(biter % l0c_bufs);
+      const TileRef c_tile{cbuf * l0c_buf, r16(mb), 0, 0, TileLayout::Nz, acc};
       bool first_mmad = true;
       for (int64_t kk = 0; kk < K; kk += t_.k1, ++kiter) {
         const int64_t kb = std::min(t_.k1, K - kk);
         const int s = static_cast<int>(kiter % t_.stages);
+        const TileRef l1_a{s * l1_stage, r16(mb), 0, 0, TileLayout::Nz, s_.in};
+        const TileRef l1_b{s * l1_stage + static_cast<uint64_t>(t_.m1 * t_.k1) * e, r16(kb), 0, 0, TileLayout::Nz, s_.in};
         b.wait_flag(Pipe::Mte1, Pipe::Mte2, s);
         // A tile (mb x kb), converted ND -> NZ on the way into L1.
-        sim::GmRegion ra = s_.a == Layout::RowMajor
-                               ? sim::GmRegion{a_base + (mi * t_.m1 * K + kk) * e, uint32_t(mb), uint32_t(kb * e), uint64_t(K * e)}
-                               : sim::GmRegion{a_base + (kk * M + mi * t_.m1) * e, uint32_t(kb), uint32_t(mb * e), uint64_t(M * e)};
-        b.copy(Path::GmToL1Nd2Nz, uint32_t(mb * kb * e), ra);
+        sim::Operands oa;
+        oa.rows = uint32_t(mb), oa.cols = uint32_t(kb), oa.dst = l1_a;
+        sim::GmRegion ra;
+        if (s_.a == TensorLayout::RowMajor) {
+          ra = {g.a + (mi * t_.m1 * K + kk) * e, uint32_t(mb), uint32_t(kb * e), uint64_t(K * e)};
+          oa.src = {ra.addr, uint32_t(K), 0, 0, TileLayout::Nd, s_.in};
+        } else {
+          ra = {g.a + (kk * M + mi * t_.m1) * e, uint32_t(kb), uint32_t(mb * e), uint64_t(M * e)};
+          oa.src = {ra.addr, uint32_t(M), 0, 0, TileLayout::NdT, s_.in};
+        }
+        b.copy(Path::GmToL1Nd2Nz, uint32_t(mb * kb * e), ra, oa);
         // B tile (kb x nb).
-        if (s_.b == Layout::Nz) {
+        sim::Operands ob;
+        ob.rows = uint32_t(kb), ob.cols = uint32_t(nb), ob.dst = l1_b;
+        if (s_.b == TensorLayout::Nz) {
           // zN: each 16-column strip holds K x 16 elements contiguously.
           int64_t strips = ceil_div(nb, 16), rowb = round_up(kb, 16) * 16 * e;
-          sim::GmRegion rb{b_base + ((ni * t_.n1 / 16) * kp * 16 + kk * 16) * e, uint32_t(strips), uint32_t(rowb),
+          sim::GmRegion rb{g.b + ((ni * t_.n1 / 16) * kp * 16 + kk * 16) * e, uint32_t(strips), uint32_t(rowb),
                            uint64_t(kp * 16 * e)};
-          b.copy(Path::GmToL1, uint32_t(strips * rowb), rb);
+          ob.src = {g.b, uint32_t(kp), uint32_t(kk), uint32_t(ni * t_.n1), TileLayout::Nz, s_.in};
+          b.copy(Path::GmToL1, uint32_t(strips * rowb), rb, ob);
         } else {
-          sim::GmRegion rb = s_.b == Layout::RowMajor
-                                 ? sim::GmRegion{b_base + (kk * N + ni * t_.n1) * e, uint32_t(kb), uint32_t(nb * e), uint64_t(N * e)}
-                                 : sim::GmRegion{b_base + (ni * t_.n1 * K + kk) * e, uint32_t(nb), uint32_t(kb * e), uint64_t(K * e)};
-          b.copy(Path::GmToL1Nd2Nz, uint32_t(kb * nb * e), rb);
+          sim::GmRegion rb;
+          if (s_.b == TensorLayout::RowMajor) {
+            rb = {g.b + (kk * N + ni * t_.n1) * e, uint32_t(kb), uint32_t(nb * e), uint64_t(N * e)};
+            ob.src = {rb.addr, uint32_t(N), 0, 0, TileLayout::Nd, s_.in};
+          } else {
+            rb = {g.b + (ni * t_.n1 * K + kk) * e, uint32_t(nb), uint32_t(kb * e), uint64_t(K * e)};
+            ob.src = {rb.addr, uint32_t(K), 0, 0, TileLayout::NdT, s_.in};
+          }
+          b.copy(Path::GmToL1Nd2Nz, uint32_t(kb * nb * e), rb, ob);
         }
         b.set_flag(Pipe::Mte2, Pipe::Mte1, s);
         b.wait_flag(Pipe::Mte2, Pipe::Mte1, s);
@@ -201,16 +252,26 @@ sim::Program GemmKernel::lower(const sim::HardwareSpec& hw) const {
             for (int64_t ns = 0; ns < nb; ns += t_.n0, ++l0iter) {
               const int64_t na = std::min(t_.n0, nb - ns);
               const int p = static_cast<int>(l0iter % 2);
+              const TileRef l0a{p * l0a_half, r16(ma), 0, 0, TileLayout::Nz, s_.in};
+              const TileRef l0b{p * l0b_half, r16(kq), 0, 0, TileLayout::Nz, s_.in};
               b.wait_flag(Pipe::M, Pipe::Mte1, p);
-              b.copy(Path::L1ToL0A, uint32_t(round_up(ma, 16) * kqp * e));
-              b.copy(Path::L1ToL0B, uint32_t(kqp * round_up(na, 16) * e));
+              sim::Operands la, lb, mm;
+              la.src = l1_a, la.src.row0 = uint32_t(ms), la.src.col0 = uint32_t(ks), la.dst = l0a;
+              la.rows = uint32_t(ma), la.cols = uint32_t(kq);
+              b.copy(Path::L1ToL0A, uint32_t(round_up(ma, 16) * kqp * e), {}, la);
+              lb.src = l1_b, lb.src.row0 = uint32_t(ks), lb.src.col0 = uint32_t(ns), lb.dst = l0b;
+              lb.rows = uint32_t(kq), lb.cols = uint32_t(na);
+              b.copy(Path::L1ToL0B, uint32_t(kqp * round_up(na, 16) * e), {}, lb);
               b.set_flag(Pipe::Mte1, Pipe::M, p);
               b.wait_flag(Pipe::Mte1, Pipe::M, p);
               if (first_mmad) {
                 b.wait_flag(Pipe::Fixpipe, Pipe::M, cbuf);  // L0C buffer drained by FIXPIPE
                 first_mmad = false;
               }
-              b.mmad(uint32_t(ma), uint32_t(na), uint32_t(kq), s_.in);
+              mm.src = l0a, mm.src2 = l0b, mm.dst = c_tile;
+              mm.dst.row0 = uint32_t(ms), mm.dst.col0 = uint32_t(ns);
+              mm.accumulate = kk > 0 || ks > 0;
+              b.mmad(uint32_t(ma), uint32_t(na), uint32_t(kq), s_.in, mm);
               b.set_flag(Pipe::M, Pipe::Mte1, p);
             }
           }
@@ -219,8 +280,11 @@ sim::Program GemmKernel::lower(const sim::HardwareSpec& hw) const {
       }
       b.set_flag(Pipe::M, Pipe::Fixpipe, cbuf);
       b.wait_flag(Pipe::M, Pipe::Fixpipe, cbuf);
+      sim::Operands oc;
+      oc.rows = uint32_t(mb), oc.cols = uint32_t(nb), oc.src = c_tile;
+      oc.dst = {g.c + (mi * t_.m1 * N + ni * t_.n1) * eo, uint32_t(N), 0, 0, TileLayout::Nd, s_.out};
       b.copy(Path::L0CToGmNz2Nd, uint32_t(mb * nb * eo),
-             sim::GmRegion{c_base + (mi * t_.m1 * N + ni * t_.n1) * eo, uint32_t(mb), uint32_t(nb * eo), uint64_t(N * eo)});
+             sim::GmRegion{oc.dst.offset, uint32_t(mb), uint32_t(nb * eo), uint64_t(N * eo)}, oc);
       b.set_flag(Pipe::Fixpipe, Pipe::M, cbuf);
     }
     // Consume the flags primed at the start so every event is balanced.
@@ -230,6 +294,24 @@ sim::Program GemmKernel::lower(const sim::HardwareSpec& hw) const {
     prog.cores.push_back(std::move(cp));
   }
   return prog;
+}
+
+Golden GemmKernel::reference(const std::vector<std::vector<double>>& in) const {
+  const int64_t M = s_.m, N = s_.n, K = s_.k;
+  Golden g;
+  g.exact.assign(static_cast<size_t>(M * N), 0.0);
+  ref::gemm(M, N, K, in[0].data(), in[1].data(), g.exact.data());
+  if (s_.in == DType::Int8) {
+    g.same_precision = g.exact;  // integer accumulation is exact
+    return g;
+  }
+  // The device's rounding points: fp32 products and accumulation, one rounding to the output type.
+  std::vector<float> a(in[0].begin(), in[0].end()), b(in[1].begin(), in[1].end()), c(static_cast<size_t>(M * N));
+  ref::gemm(M, N, K, a.data(), b.data(), c.data());
+  g.same_precision.resize(c.size());
+  const num::Format out = sim::number_format(s_.out);
+  for (size_t i = 0; i < c.size(); ++i) g.same_precision[i] = num::round_to(out, c[i]);
+  return g;
 }
 
 std::unique_ptr<Kernel> make_gemm(const YamlNode& w, const std::optional<YamlNode>& tiling, const sim::HardwareSpec& hw) {

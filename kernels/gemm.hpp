@@ -12,14 +12,12 @@
 
 namespace npusim::kernels {
 
-enum class Layout { RowMajor, ColMajor, Nz };
-
 struct GemmShape {
   int64_t m = 0, n = 0, k = 0;
   sim::DType in = sim::DType::Fp16;
   sim::DType out = sim::DType::Fp16;
-  Layout a = Layout::RowMajor;
-  Layout b = Layout::ColMajor;
+  TensorLayout a = TensorLayout::RowMajor;
+  TensorLayout b = TensorLayout::ColMajor;
 };
 
 struct GemmTiling {
@@ -45,7 +43,9 @@ class GemmKernel : public Kernel {
   nlohmann::json tiling_json() const override;
   bool tiling_is_default() const override { return default_; }
   Status can_implement(const sim::HardwareSpec& hw) const override;
-  sim::Program lower(const sim::HardwareSpec& hw) const override;
+  sim::Program lower(const sim::HardwareSpec& hw, bool functional = false) const override;
+  std::vector<TensorInfo> tensors() const override;
+  Golden reference(const std::vector<std::vector<double>>& inputs) const override;
   double flops() const override { return 2.0 * s_.m * s_.n * s_.k; }
   double compulsory_bytes() const override;
   double peak_flops_per_cycle(const sim::HardwareSpec& hw) const override {

@@ -27,6 +27,28 @@ struct Status {
   static Status bad(std::string key, std::string reason) { return {false, std::move(reason), std::move(key)}; }
 };
 
+// How a tensor is stored in GM: row-major, column-major (the transpose row-major), or the cube's
+// zN fractal format (16-column strips of the 16-padded row count).
+enum class TensorLayout { RowMajor, ColMajor, Nz };
+
+// A GM tensor of a lowered kernel, seen as a rows x cols matrix (vectors: one row).
+struct TensorInfo {
+  std::string name;
+  sim::DType dtype;
+  int64_t rows, cols;
+  TensorLayout layout;
+  uint64_t addr;
+  bool output;
+};
+
+// The references a device output is judged against (KERNELS.md 5.2): `exact` computed in fp64 from
+// the operand values the device sees, and `same_precision` emulating the kernel's own rounding
+// points (fp32 accumulation, output rounding) for the ratio test.
+struct Golden {
+  std::vector<double> exact;
+  std::vector<double> same_precision;
+};
+
 class Kernel {
  public:
   virtual ~Kernel() = default;
@@ -35,7 +57,12 @@ class Kernel {
   virtual nlohmann::json tiling_json() const = 0;      // the tiling actually used
   virtual bool tiling_is_default() const = 0;
   virtual Status can_implement(const sim::HardwareSpec& hw) const = 0;
-  virtual sim::Program lower(const sim::HardwareSpec& hw) const = 0;
+  // Per-core programs; with `functional` each work instruction also carries its operands.
+  virtual sim::Program lower(const sim::HardwareSpec& hw, bool functional = false) const = 0;
+  // GM tensors in the order lower() places them: inputs first, then the output.
+  virtual std::vector<TensorInfo> tensors() const = 0;
+  // References for the output from the inputs' device values (row-major, one vector per input).
+  virtual Golden reference(const std::vector<std::vector<double>>& inputs) const = 0;
   virtual double flops() const = 0;                    // arithmetic work (MACs x 2 for GEMM)
   virtual double compulsory_bytes() const = 0;         // each operand read once, output written once
   virtual double peak_flops_per_cycle(const sim::HardwareSpec& hw) const = 0;  // for "% of peak"

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,22 @@ struct Traffic {
   double l2_hit_rate = 0;               // read lines found in L2
 };
 
+struct Mismatch {
+  uint64_t index;
+  int64_t row, col;
+  double device, golden, abs_err;
+};
+
+// A functional run's numbers against the CPU reference (KERNELS.md 5.2).
+struct ValidationReport {
+  bool passed = false;
+  double max_abs_err = 0, max_rel_err = 0, cos_diff = 0, mere = 0, mare = 0, ratio_to_same_precision = 0;
+  uint64_t elements = 0, failed_elements = 0, nonfinite_mismatches = 0;
+  nlohmann::json tolerance;
+  std::vector<std::string> failures;
+  std::vector<Mismatch> worst;
+};
+
 struct KernelReport {
   std::string name;
   std::string op;
@@ -36,6 +53,7 @@ struct KernelReport {
   int aic_used = 0, aiv_used = 0;
   Traffic bytes;
   Utilization utilization;
+  std::optional<ValidationReport> validation;  // functional runs only
 };
 
 struct HardwareParam {

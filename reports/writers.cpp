@@ -12,6 +12,39 @@
 
 namespace npusim::reports {
 
+nlohmann::json to_json(const ValidationReport& v) {
+  nlohmann::json worst = nlohmann::json::array();
+  for (const auto& m : v.worst)
+    worst.push_back({{"index", m.index}, {"row", m.row}, {"col", m.col}, {"device", m.device}, {"golden", m.golden},
+                     {"abs_err", m.abs_err}});
+  return {{"passed", v.passed},
+          {"max_abs_err", v.max_abs_err},
+          {"max_rel_err", v.max_rel_err},
+          {"cos_diff", v.cos_diff},
+          {"mere", v.mere},
+          {"mare", v.mare},
+          {"ratio_to_same_precision", v.ratio_to_same_precision},
+          {"tolerance", v.tolerance},
+          {"elements", v.elements},
+          {"failed_elements", v.failed_elements},
+          {"nonfinite_mismatches", v.nonfinite_mismatches},
+          {"failures", v.failures},
+          {"worst", worst}};
+}
+
+std::string format_validation(const std::string& kernel, const ValidationReport& v) {
+  std::string out = fmt::format("{}: validation {} (max abs err {:.3g}, max rel err {:.3g}, cos diff {:.3g}, MERE {:.3g}, "
+                                "MARE {:.3g}, {:.2f}x the same-precision error)\n",
+                                kernel, v.passed ? "passed" : "FAILED", v.max_abs_err, v.max_rel_err, v.cos_diff, v.mere,
+                                v.mare, v.ratio_to_same_precision);
+  for (const auto& f : v.failures) out += "  failed: " + f + "\n";
+  if (!v.passed)
+    for (const auto& m : v.worst)
+      out += fmt::format("  [{}, {}] (flat {}): device {:.7g}, golden {:.7g}, |err| {:.3g}\n", m.row, m.col, m.index,
+                         m.device, m.golden, m.abs_err);
+  return out;
+}
+
 nlohmann::json to_json(const RunReport& r) {
   nlohmann::json params = nlohmann::json::object(), units = nlohmann::json::object();
   for (const auto& p : r.hardware) {
@@ -30,7 +63,7 @@ nlohmann::json to_json(const RunReport& r) {
   for (const auto& k : r.kernels) {
     cycles += k.cycles;
     time_us += k.time_us;
-    kernels.push_back({
+    nlohmann::json kj = {
         {"name", k.name},
         {"op", k.op},
         {"tiling", k.tiling},
@@ -56,7 +89,9 @@ nlohmann::json to_json(const RunReport& r) {
           {"mte3", k.utilization.mte3},
           {"fixpipe", k.utilization.fixpipe},
           {"hbm_bw", k.utilization.hbm_bw}}},
-    });
+    };
+    if (k.validation) kj["validation"] = to_json(*k.validation);
+    kernels.push_back(kj);
   }
   return {
       {"schema_version", kSchemaVersion},

@@ -12,6 +12,9 @@ namespace npusim::reports {
 nlohmann::json to_json(const RunReport& r);
 std::string format_table(const std::vector<RunReport>& runs);
 nlohmann::json trace_json(const Trace& t);
+nlohmann::json to_json(const ValidationReport& v);
+// "validation passed" / the failed checks and the worst elements with their indices.
+std::string format_validation(const std::string& kernel, const ValidationReport& v);
 
 // Writes `text` to `path` atomically; throws std::runtime_error naming the path on failure.
 void write_file_atomic(const std::string& path, const std::string& text);

@@ -74,6 +74,7 @@ struct Transfer {
   bool gm;
   bool write;
   double issue;
+  double data_start;
   double work;          // L2 work units (see memory.hpp)
   double cap;           // work units per cycle the path can take
   double local_cycles;  // data phase of a non-GM instruction queued behind a transfer
@@ -298,6 +299,7 @@ void Engine::issue_work(uint32_t u, Pipe p, const Instr& ins, uint32_t pc, doubl
     ++ps.started;
     ps.busy_until = end;
     record_slice(u, p, ins, st, end);
+    if (opt_.record_work) res_.work.push_back({u, pc, data_start, end});
     return;
   }
 
@@ -310,7 +312,7 @@ void Engine::issue_work(uint32_t u, Pipe p, const Instr& ins, uint32_t pc, doubl
     transfers_.emplace_back();
   }
   Transfer& tr = transfers_[id];
-  tr = Transfer{u, pc, p, gm, false, st, 0, 0, 0};
+  tr = Transfer{u, pc, p, gm, false, st, 0, 0, 0, 0};
   if (gm) {
     const bool write = path_writes_gm(ins.path);
     tr.write = write;
@@ -351,6 +353,7 @@ void Engine::issue_work(uint32_t u, Pipe p, const Instr& ins, uint32_t pc, doubl
 
 void Engine::start_transfer(uint32_t id, double t) {
   Transfer& tr = transfers_[id];
+  tr.data_start = t;
   PipeState& ps = units_[tr.unit].pipes[static_cast<int>(tr.pipe)];
   ps.start_ring[ps.started % ps.depth] = t;
   ++ps.started;
@@ -376,6 +379,7 @@ void Engine::complete_transfer(uint32_t id, double t) {
   ps.busy_until = t;
   --ps.unknown;
   record_slice(tr.unit, tr.pipe, ins, tr.issue, t);
+  if (opt_.record_work) res_.work.push_back({tr.unit, tr.pc, tr.data_start, t});
   ps.channel_reserved = false;
   if (ps.waiting_head < ps.waiting.size()) {
     Waiting w = ps.waiting[ps.waiting_head++];

@@ -58,8 +58,17 @@ struct TraceSlice {
   double start, end;
 };
 
+// When a work instruction moved its data: inputs are read at `start` (the data phase begins),
+// outputs written at `end`. The functional pass replays effects in this order.
+struct WorkRecord {
+  uint32_t unit;
+  uint32_t pc;
+  double start, end;
+};
+
 struct SimOptions {
   bool trace = false;
+  bool record_work = false;  // fill SimResult::work (functional runs)
 };
 
 struct SimResult {
@@ -70,6 +79,7 @@ struct SimResult {
   MemoryStats mem;
   std::array<uint64_t, kNumPaths> path_bytes{};
   std::vector<TraceSlice> slices;
+  std::vector<WorkRecord> work;
 };
 
 // Checks that every instruction is legal on this hardware (pipes of the core kind, available

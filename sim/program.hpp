@@ -46,10 +46,32 @@ struct Instr {
   GmRegion gm;                   // Copy with a GM side
 };
 
+// Where a work instruction reads and writes, for functional runs (timing never looks at it).
+// A tile is `rows` x `cols` elements. Matrices in on-chip buffers are kept NZ-fractal, as the
+// cube expects them: 16-column strips of `ld` rows (ld a multiple of 16), each strip row-major
+// 16 elements wide, so element (r, c) sits at ((c / 16) * ld + r) * 16 + c % 16. ND is row-major
+// with row stride `ld`; NdT is column-major (the transpose stored row-major); Flat is a vector.
+enum class TileLayout : uint8_t { Nd, NdT, Nz, Flat };
+
+struct TileRef {
+  uint64_t offset = 0;  // bytes into the buffer (a GM address for GM)
+  uint32_t ld = 0;
+  uint32_t row0 = 0, col0 = 0;  // origin of the tile inside the matrix the layout describes
+  TileLayout layout = TileLayout::Nd;
+  DType dtype = DType::Fp16;
+};
+
+struct Operands {
+  TileRef src, src2, dst;  // copy: src -> dst; MMAD: A (L0A), B (L0B) -> C (L0C); vector: src, src2 -> dst
+  uint32_t rows = 0, cols = 0;  // copy tile shape; padding up to the NZ fractal is zero-filled
+  bool accumulate = false;      // MMAD: add into C instead of overwriting it
+};
+
 struct CoreProgram {
   CoreKind kind = CoreKind::Aic;
   int index = 0;  // AIC index, or AIV index (AIV 2i and 2i+1 pair with AIC i)
   std::vector<Instr> code;
+  std::vector<Operands> operands;  // parallel to `code` in functional programs, else empty
 };
 
 struct Program {
@@ -60,12 +82,13 @@ struct Program {
 };
 
 // Builds one core's stream with the vocabulary Ascend C kernels use.
+// Operands are recorded only when the builder is functional (timing-only programs stay small).
 class CoreBuilder {
  public:
-  explicit CoreBuilder(CoreProgram& p) : p_(p) {}
-  void copy(Path path, uint32_t bytes, GmRegion gm = {});
-  void mmad(uint32_t m, uint32_t n, uint32_t k, DType in);
-  void vec(VecOp op, DType dt, uint32_t elems);
+  explicit CoreBuilder(CoreProgram& p, bool functional = false) : p_(p), functional_(functional) {}
+  void copy(Path path, uint32_t bytes, GmRegion gm = {}, const Operands& ops = {});
+  void mmad(uint32_t m, uint32_t n, uint32_t k, DType in, const Operands& ops = {});
+  void vec(VecOp op, DType dt, uint32_t elems, const Operands& ops = {});
   void set_flag(Pipe src, Pipe dst, int id);
   void wait_flag(Pipe src, Pipe dst, int id);
   void barrier(Pipe p);
@@ -73,7 +96,9 @@ class CoreBuilder {
   void cross_wait(Pipe p, int id);
 
  private:
+  void push(const Instr& i, const Operands& ops = {});
   CoreProgram& p_;
+  bool functional_;
 };
 
 }  // namespace npusim::sim

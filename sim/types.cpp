@@ -59,6 +59,12 @@ std::optional<DType> dtype_from_name(std::string_view name) {
   return std::nullopt;
 }
 
+num::Format number_format(DType d) {
+  constexpr std::array<num::Format, kNumDTypes> kFormats{num::Format::Fp16, num::Format::Bf16, num::Format::Fp32,
+                                                         num::Format::Int8, num::Format::Int32};
+  return kFormats[static_cast<int>(d)];
+}
+
 std::string_view vec_op_name(VecOp op) { return kVecOpNames[static_cast<int>(op)]; }
 std::optional<VecOp> vec_op_from_name(std::string_view name) {
   for (int i = 0; i < kNumVecOps; ++i)

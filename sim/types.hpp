@@ -7,6 +7,8 @@
 #include <optional>
 #include <string_view>
 
+#include "common/numerics.hpp"
+
 namespace npusim::sim {
 
 // In-order instruction pipes. AIC: S, MTE2, MTE1, M, FIXPIPE. AIV: S, MTE2, V, MTE3.
@@ -51,6 +53,7 @@ inline constexpr int kNumDTypes = static_cast<int>(DType::Count);
 std::string_view dtype_name(DType d);
 std::optional<DType> dtype_from_name(std::string_view name);
 int dtype_bytes(DType d);
+num::Format number_format(DType d);  // the bit-exact format functional runs use for `d`
 
 // Vector instructions with calibrated throughput. Binary ops read two sources.
 enum class VecOp : uint8_t { Add, Sub, Mul, Max, Min, Muls, Adds, Exp, Ln, Sqrt, Div, Relu, Cast, Dup, Count };

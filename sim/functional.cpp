@@ -1,0 +1,312 @@
+#include "sim/functional.hpp"
+
+#include <cblas.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+
+#include "common/errors.hpp"
+#include "common/numerics.hpp"
+
+namespace npusim::sim {
+namespace {
+
+struct Endpoints {
+  Buffer src, dst;
+};
+
+Endpoints endpoints(Path p) {
+  switch (p) {
+    case Path::GmToL1: case Path::GmToL1Nd2Nz: return {Buffer::Gm, Buffer::L1};
+    case Path::GmToUb: return {Buffer::Gm, Buffer::Ub};
+    case Path::GmToL0A: return {Buffer::Gm, Buffer::L0A};
+    case Path::GmToL0B: return {Buffer::Gm, Buffer::L0B};
+    case Path::L1ToL0A: return {Buffer::L1, Buffer::L0A};
+    case Path::L1ToL0B: return {Buffer::L1, Buffer::L0B};
+    case Path::L0CToGm: case Path::L0CToGmNz2Nd: return {Buffer::L0C, Buffer::Gm};
+    case Path::L0CToL1: return {Buffer::L0C, Buffer::L1};
+    case Path::UbToGm: return {Buffer::Ub, Buffer::Gm};
+    case Path::UbToUb: return {Buffer::Ub, Buffer::Ub};
+    default: break;
+  }
+  throw SimError(fmt::format("functional runs do not model path {} yet", path_name(p)));
+}
+
+inline uint32_t round16(uint32_t x) { return (x + 15) / 16 * 16; }
+
+// Byte offset of element (r, c) of a tile.
+inline uint64_t elem_offset(const TileRef& t, uint64_t r, uint64_t c, uint64_t cols, int esize) {
+  const uint64_t R = r + t.row0, C = c + t.col0;
+  switch (t.layout) {
+    case TileLayout::Nd: return t.offset + (R * t.ld + C) * esize;
+    case TileLayout::NdT: return t.offset + (C * t.ld + R) * esize;
+    case TileLayout::Nz: return t.offset + (((C / 16) * t.ld + R) * 16 + C % 16) * esize;
+    case TileLayout::Flat: return t.offset + (R * cols + C) * esize;
+  }
+  return 0;
+}
+
+// The byte span a tile touches (for bounds checks and buffer access).
+uint64_t tile_end(const TileRef& t, uint32_t rows, uint32_t cols, int esize) {
+  if (rows == 0 || cols == 0) return t.offset;
+  const uint32_t r = t.layout == TileLayout::Nz ? round16(rows) : rows;
+  const uint32_t c = t.layout == TileLayout::Nz ? round16(cols) : cols;
+  return std::max({elem_offset(t, r - 1, c - 1, cols, esize), elem_offset(t, r - 1, 0, cols, esize),
+                   elem_offset(t, 0, c - 1, cols, esize)}) + esize;
+}
+
+// Work staged at a data-phase start, completed at its end.
+struct Staged {
+  std::vector<uint8_t> raw;  // copies without a cast: the tile row-major in the source dtype
+  std::vector<double> d0, d1;  // casts and vector operands, decoded
+  std::vector<float> fa, fb;   // MMAD operands
+};
+
+class Replay {
+ public:
+  Replay(const HardwareSpec& hw, const Program& prog, FunctionalMemory& mem) : hw_(hw), prog_(prog), mem_(mem) {}
+  void start(const WorkRecord& w, Staged& s);
+  void finish(const WorkRecord& w, Staged& s);
+
+ private:
+  uint8_t* at(uint32_t unit, Buffer b, const TileRef& t, uint32_t rows, uint32_t cols) {
+    const int e = dtype_bytes(t.dtype);
+    return mem_.buffer(unit, b, 0, tile_end(t, rows, cols, e));
+  }
+  void read_tile(uint32_t unit, Buffer b, const TileRef& t, uint32_t rows, uint32_t cols, std::vector<uint8_t>& out);
+  void write_tile(uint32_t unit, Buffer b, const TileRef& t, uint32_t rows, uint32_t cols, const uint8_t* in);
+  template <typename T>
+  void read_values(uint32_t unit, Buffer b, const TileRef& t, uint32_t rows, uint32_t cols, std::vector<T>& out);
+  template <typename T>
+  void write_values(uint32_t unit, Buffer b, const TileRef& t, uint32_t rows, uint32_t cols, const T* in);
+
+  const HardwareSpec& hw_;
+  const Program& prog_;
+  FunctionalMemory& mem_;
+};
+
+void Replay::read_tile(uint32_t unit, Buffer b, const TileRef& t, uint32_t rows, uint32_t cols, std::vector<uint8_t>& out) {
+  const int e = dtype_bytes(t.dtype);
+  const uint8_t* base = at(unit, b, t, rows, cols);
+  out.resize(static_cast<size_t>(rows) * cols * e);
+  for (uint32_t r = 0; r < rows; ++r) {
+    uint8_t* dst = out.data() + static_cast<size_t>(r) * cols * e;
+    if (t.layout == TileLayout::NdT) {
+      for (uint32_t c = 0; c < cols; ++c) std::memcpy(dst + c * e, base + elem_offset(t, r, c, cols, e), e);
+      continue;
+    }
+    // ND rows are contiguous; NZ rows are contiguous within each 16-column strip.
+    for (uint32_t c = 0; c < cols;) {
+      uint32_t run = t.layout == TileLayout::Nz ? std::min(cols - c, 16 - (c + t.col0) % 16) : cols - c;
+      std::memcpy(dst + c * e, base + elem_offset(t, r, c, cols, e), static_cast<size_t>(run) * e);
+      c += run;
+    }
+  }
+}
+
+void Replay::write_tile(uint32_t unit, Buffer b, const TileRef& t, uint32_t rows, uint32_t cols, const uint8_t* in) {
+  const int e = dtype_bytes(t.dtype);
+  uint8_t* base = at(unit, b, t, rows, cols);
+  for (uint32_t r = 0; r < rows; ++r) {
+    const uint8_t* src = in + static_cast<size_t>(r) * cols * e;
+    if (t.layout == TileLayout::NdT) {
+      for (uint32_t c = 0; c < cols; ++c) std::memcpy(base + elem_offset(t, r, c, cols, e), src + c * e, e);
+      continue;
+    }
+    for (uint32_t c = 0; c < cols;) {
+      uint32_t run = t.layout == TileLayout::Nz ? std::min(cols - c, 16 - (c + t.col0) % 16) : cols - c;
+      std::memcpy(base + elem_offset(t, r, c, cols, e), src + c * e, static_cast<size_t>(run) * e);
+      c += run;
+    }
+  }
+  if (t.layout == TileLayout::Nz && t.row0 == 0 && t.col0 == 0) {
+    // The fractal padding of a whole NZ matrix holds zeros, so a K tail contributes nothing.
+    for (uint32_t r = 0; r < round16(rows); ++r)
+      for (uint32_t c = (r < rows ? cols : 0); c < round16(cols); ++c)
+        std::memset(base + elem_offset(t, r, c, cols, e), 0, e);
+  }
+}
+
+template <typename T>
+void Replay::read_values(uint32_t unit, Buffer b, const TileRef& t, uint32_t rows, uint32_t cols, std::vector<T>& out) {
+  std::vector<uint8_t> raw;
+  read_tile(unit, b, t, rows, cols, raw);
+  out.resize(static_cast<size_t>(rows) * cols);
+  num::decode_array(number_format(t.dtype), raw.data(), out.size(), out.data());
+}
+
+template <typename T>
+void Replay::write_values(uint32_t unit, Buffer b, const TileRef& t, uint32_t rows, uint32_t cols, const T* in) {
+  std::vector<uint8_t> raw(static_cast<size_t>(rows) * cols * dtype_bytes(t.dtype));
+  num::encode_array(number_format(t.dtype), in, static_cast<size_t>(rows) * cols, raw.data());
+  write_tile(unit, b, t, rows, cols, raw.data());
+}
+
+double apply(VecOp op, double a, double b) {
+  switch (op) {
+    case VecOp::Add: return a + b;
+    case VecOp::Sub: return a - b;
+    case VecOp::Mul: return a * b;
+    case VecOp::Div: return a / b;
+    case VecOp::Max: return std::isnan(a) || std::isnan(b) ? NAN : std::max(a, b);
+    case VecOp::Min: return std::isnan(a) || std::isnan(b) ? NAN : std::min(a, b);
+    case VecOp::Exp: return std::exp(a);
+    case VecOp::Ln: return std::log(a);
+    case VecOp::Sqrt: return std::sqrt(a);
+    case VecOp::Relu: return std::isnan(a) ? a : std::max(a, 0.0);
+    case VecOp::Cast: return a;
+    default: break;
+  }
+  throw SimError(fmt::format("functional runs do not model vector {} (it needs a scalar operand)", vec_op_name(op)));
+}
+
+void Replay::start(const WorkRecord& w, Staged& s) {
+  const CoreProgram& cp = prog_.cores[w.unit];
+  const Instr& ins = cp.code[w.pc];
+  const Operands& o = cp.operands[w.pc];
+  switch (ins.op) {
+    case Op::Copy: {
+      Endpoints ep = endpoints(ins.path);
+      if (o.src.dtype == o.dst.dtype) read_tile(w.unit, ep.src, o.src, o.rows, o.cols, s.raw);
+      else read_values(w.unit, ep.src, o.src, o.rows, o.cols, s.d0);
+      break;
+    }
+    case Op::Mmad:
+      if (ins.dtype == DType::Int8) {
+        read_values(w.unit, Buffer::L0A, o.src, ins.m, ins.k, s.d0);
+        read_values(w.unit, Buffer::L0B, o.src2, ins.k, ins.n, s.d1);
+      } else {
+        read_values(w.unit, Buffer::L0A, o.src, ins.m, ins.k, s.fa);
+        read_values(w.unit, Buffer::L0B, o.src2, ins.k, ins.n, s.fb);
+      }
+      break;
+    case Op::Vector:
+      read_values(w.unit, Buffer::Ub, o.src, 1, ins.m, s.d0);
+      if (vec_op_sources(ins.vop) == 2) read_values(w.unit, Buffer::Ub, o.src2, 1, ins.m, s.d1);
+      break;
+    default:
+      break;
+  }
+}
+
+void Replay::finish(const WorkRecord& w, Staged& s) {
+  const CoreProgram& cp = prog_.cores[w.unit];
+  const Instr& ins = cp.code[w.pc];
+  const Operands& o = cp.operands[w.pc];
+  switch (ins.op) {
+    case Op::Copy: {
+      Endpoints ep = endpoints(ins.path);
+      if (o.src.dtype == o.dst.dtype) write_tile(w.unit, ep.dst, o.dst, o.rows, o.cols, s.raw.data());
+      else write_values(w.unit, ep.dst, o.dst, o.rows, o.cols, s.d0.data());
+      break;
+    }
+    case Op::Mmad: {
+      const int m = ins.m, n = ins.n, k = ins.k;
+      if (ins.dtype == DType::Int8) {
+        std::vector<double> c(static_cast<size_t>(m) * n, 0.0);
+        if (o.accumulate) read_values(w.unit, Buffer::L0C, o.dst, m, n, c);
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0, s.d0.data(), k, s.d1.data(), n, 1.0,
+                    c.data(), n);
+        write_values(w.unit, Buffer::L0C, o.dst, m, n, c.data());
+      } else {
+        std::vector<float> c(static_cast<size_t>(m) * n, 0.0f);
+        if (o.accumulate) read_values(w.unit, Buffer::L0C, o.dst, m, n, c);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, s.fa.data(), k, s.fb.data(), n, 1.0f,
+                    c.data(), n);
+        write_values(w.unit, Buffer::L0C, o.dst, m, n, c.data());
+      }
+      break;
+    }
+    case Op::Vector: {
+      const size_t n = ins.m;
+      std::vector<double> out(n);
+      const num::Format f = number_format(ins.dtype);
+      for (size_t i = 0; i < n; ++i) {
+        double v = apply(ins.vop, s.d0[i], s.d1.empty() ? 0.0 : s.d1[i]);
+        // The unit computes in the instruction's dtype; a cast rounds once, to the destination.
+        out[i] = ins.vop == VecOp::Cast ? v : num::round_to(f, v);
+      }
+      write_values(w.unit, Buffer::Ub, o.dst, 1, ins.m, out.data());
+      break;
+    }
+    default:
+      break;
+  }
+}
+
+}  // namespace
+
+FunctionalMemory::FunctionalMemory(const HardwareSpec& hw, const Program& prog) : gm_(prog.gm_footprint_bytes, 0) {
+  local_.resize(prog.cores.size());
+  for (size_t u = 0; u < prog.cores.size(); ++u) {
+    auto& b = local_[u];
+    if (prog.cores[u].kind == CoreKind::Aic) {
+      b[static_cast<int>(Buffer::L1)].assign(hw.aic.l1_bytes, 0);
+      b[static_cast<int>(Buffer::L0A)].assign(hw.aic.l0a_bytes, 0);
+      b[static_cast<int>(Buffer::L0B)].assign(hw.aic.l0b_bytes, 0);
+      b[static_cast<int>(Buffer::L0C)].assign(hw.aic.l0c_bytes, 0);
+    } else {
+      b[static_cast<int>(Buffer::Ub)].assign(hw.aiv.ub_bytes, 0);
+    }
+  }
+}
+
+uint64_t FunctionalMemory::bytes_needed(const HardwareSpec& hw, const Program& prog) {
+  uint64_t n = prog.gm_footprint_bytes;
+  for (const auto& c : prog.cores)
+    n += c.kind == CoreKind::Aic ? hw.aic.l1_bytes + hw.aic.l0a_bytes + hw.aic.l0b_bytes + hw.aic.l0c_bytes
+                                 : hw.aiv.ub_bytes;
+  return n;
+}
+
+uint8_t* FunctionalMemory::buffer(uint32_t unit, Buffer b, uint64_t offset, uint64_t end) {
+  std::vector<uint8_t>& v = b == Buffer::Gm ? gm_ : local_[unit][static_cast<int>(b)];
+  static const char* kNames[] = {"GM", "L1", "L0A", "L0B", "L0C", "UB"};
+  if (end > v.size())
+    throw SimError(fmt::format("functional run: an operand reaches byte {} of {} ({} bytes)", end,
+                               kNames[static_cast<int>(b)], v.size()));
+  return v.data() + offset;
+}
+
+void run_functional(const HardwareSpec& hw, const Program& prog, const SimResult& timed, FunctionalMemory& mem) {
+  for (const auto& c : prog.cores)
+    if (c.operands.size() != c.code.size()) throw InternalError("run_functional needs a program lowered with operands");
+  // Events: each record's start (read) and end (write). At equal times writes land before reads,
+  // except the write of an instruction with no data phase, which follows its own read.
+  struct Ev {
+    double t;
+    int phase;  // 0 write, 1 read, 2 write of a zero-length instruction
+    uint32_t rec;
+    bool is_start;
+  };
+  std::vector<Ev> evs;
+  evs.reserve(timed.work.size() * 2);
+  for (uint32_t i = 0; i < timed.work.size(); ++i) {
+    const auto& w = timed.work[i];
+    evs.push_back({w.start, 1, i, true});
+    evs.push_back({w.end, w.end > w.start ? 0 : 2, i, false});
+  }
+  std::stable_sort(evs.begin(), evs.end(), [](const Ev& a, const Ev& b) {
+    return a.t != b.t ? a.t < b.t : a.phase < b.phase;
+  });
+  // One OpenBLAS thread: its threaded kernels change the summation order, and a functional run
+  // must give the same bytes whatever ran before it.
+  openblas_set_num_threads(1);
+  Replay replay(hw, prog, mem);
+  std::map<uint32_t, Staged> staged;
+  for (const auto& e : evs) {
+    const WorkRecord& w = timed.work[e.rec];
+    if (e.is_start) {
+      replay.start(w, staged[e.rec]);
+    } else {
+      auto it = staged.find(e.rec);
+      replay.finish(w, it->second);
+      staged.erase(it);
+    }
+  }
+}
+
+}  // namespace npusim::sim

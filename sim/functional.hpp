@@ -1,0 +1,44 @@
+// Functional execution: the effects of a timed program's work instructions replayed on real bytes
+// (GM plus each core's L1, L0A, L0B, L0C and UB), in the order the timing run moved their data:
+// an instruction reads its inputs when its data phase begins and writes its outputs when it
+// completes. A program whose flags do not order a producer before its consumer therefore reads
+// stale data here, as it would on the chip.
+//
+// Semantics: copies move tiles between layouts (ND, column-major, NZ fractal), zero-filling NZ
+// padding, and cast when source and destination dtypes differ (FIXPIPE: round to nearest even);
+// MMAD multiplies the L0A and L0B tiles and accumulates in fp32 into L0C (int8 inputs accumulate
+// exactly into int32), one instruction at a time in program order; vector instructions compute in
+// double and round once to the instruction's dtype (exactly rounded, where the hardware's
+// transcendental units may be off by an ulp).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#include "sim/engine.hpp"
+
+namespace npusim::sim {
+
+enum class Buffer : uint8_t { Gm, L1, L0A, L0B, L0C, Ub, Count };
+
+class FunctionalMemory {
+ public:
+  FunctionalMemory(const HardwareSpec& hw, const Program& prog);
+  // Bytes a functional run of `prog` allocates (GM image plus every core's buffers).
+  static uint64_t bytes_needed(const HardwareSpec& hw, const Program& prog);
+
+  std::vector<uint8_t>& gm() { return gm_; }
+  const std::vector<uint8_t>& gm() const { return gm_; }
+  uint8_t* buffer(uint32_t unit, Buffer b, uint64_t offset, uint64_t bytes);
+
+ private:
+  std::vector<uint8_t> gm_;
+  std::vector<std::array<std::vector<uint8_t>, static_cast<int>(Buffer::Count)>> local_;
+};
+
+// Replays `timed.work` (from simulate() with record_work) on `mem`. Throws SimError when an
+// operand falls outside its buffer.
+void run_functional(const HardwareSpec& hw, const Program& prog, const SimResult& timed, FunctionalMemory& mem);
+
+}  // namespace npusim::sim
