@@ -1,12 +1,14 @@
 #include "sim/functional.hpp"
 
 #include <cblas.h>
+#include <tbb/parallel_for.h>
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <type_traits>
 
 #include "common/errors.hpp"
 #include "common/numerics.hpp"
@@ -58,6 +60,20 @@ uint64_t tile_end(const TileRef& t, uint32_t rows, uint32_t cols, int esize) {
                    elem_offset(t, 0, c - 1, cols, esize)}) + esize;
 }
 
+// Copies `n` elements of `e` bytes. NZ strips move 16 elements at a time: a constant-size copy the
+// compiler inlines, where a variable-size memcpy call per strip row would dominate the run time.
+inline void copy_run(uint8_t* dst, const uint8_t* src, uint32_t n, int e) {
+  if (n == 16) {
+    switch (e) {
+      case 1: std::memcpy(dst, src, 16); return;
+      case 2: std::memcpy(dst, src, 32); return;
+      case 4: std::memcpy(dst, src, 64); return;
+      default: break;
+    }
+  }
+  std::memcpy(dst, src, static_cast<size_t>(n) * e);
+}
+
 // Work staged at a data-phase start, completed at its end.
 struct Staged {
   std::vector<uint8_t> raw;  // copies without a cast: the tile row-major in the source dtype
@@ -86,6 +102,7 @@ class Replay {
   const HardwareSpec& hw_;
   const Program& prog_;
   FunctionalMemory& mem_;
+  std::vector<uint8_t> scratch_;  // reused conversion buffer
 };
 
 void Replay::read_tile(uint32_t unit, Buffer b, const TileRef& t, uint32_t rows, uint32_t cols, std::vector<uint8_t>& out) {
@@ -101,7 +118,7 @@ void Replay::read_tile(uint32_t unit, Buffer b, const TileRef& t, uint32_t rows,
     // ND rows are contiguous; NZ rows are contiguous within each 16-column strip.
     for (uint32_t c = 0; c < cols;) {
       uint32_t run = t.layout == TileLayout::Nz ? std::min(cols - c, 16 - (c + t.col0) % 16) : cols - c;
-      std::memcpy(dst + c * e, base + elem_offset(t, r, c, cols, e), static_cast<size_t>(run) * e);
+      copy_run(dst + c * e, base + elem_offset(t, r, c, cols, e), run, e);
       c += run;
     }
   }
@@ -118,7 +135,7 @@ void Replay::write_tile(uint32_t unit, Buffer b, const TileRef& t, uint32_t rows
     }
     for (uint32_t c = 0; c < cols;) {
       uint32_t run = t.layout == TileLayout::Nz ? std::min(cols - c, 16 - (c + t.col0) % 16) : cols - c;
-      std::memcpy(base + elem_offset(t, r, c, cols, e), src + c * e, static_cast<size_t>(run) * e);
+      copy_run(base + elem_offset(t, r, c, cols, e), src + c * e, run, e);
       c += run;
     }
   }
@@ -132,17 +149,32 @@ void Replay::write_tile(uint32_t unit, Buffer b, const TileRef& t, uint32_t rows
 
 template <typename T>
 void Replay::read_values(uint32_t unit, Buffer b, const TileRef& t, uint32_t rows, uint32_t cols, std::vector<T>& out) {
-  std::vector<uint8_t> raw;
-  read_tile(unit, b, t, rows, cols, raw);
   out.resize(static_cast<size_t>(rows) * cols);
-  num::decode_array(number_format(t.dtype), raw.data(), out.size(), out.data());
+  if constexpr (std::is_same_v<T, float>) {
+    if (t.dtype == DType::Fp32) {  // fp32 bytes are floats: no conversion
+      std::vector<uint8_t>& raw = scratch_;
+      read_tile(unit, b, t, rows, cols, raw);
+      std::memcpy(out.data(), raw.data(), raw.size());
+      return;
+    }
+  }
+  read_tile(unit, b, t, rows, cols, scratch_);
+  num::decode_array(number_format(t.dtype), scratch_.data(), out.size(), out.data());
 }
 
 template <typename T>
 void Replay::write_values(uint32_t unit, Buffer b, const TileRef& t, uint32_t rows, uint32_t cols, const T* in) {
-  std::vector<uint8_t> raw(static_cast<size_t>(rows) * cols * dtype_bytes(t.dtype));
-  num::encode_array(number_format(t.dtype), in, static_cast<size_t>(rows) * cols, raw.data());
-  write_tile(unit, b, t, rows, cols, raw.data());
+  const size_t n = static_cast<size_t>(rows) * cols;
+  scratch_.resize(n * dtype_bytes(t.dtype));
+  if constexpr (std::is_same_v<T, float>) {
+    if (t.dtype == DType::Fp32) {
+      std::memcpy(scratch_.data(), in, n * sizeof(float));
+      write_tile(unit, b, t, rows, cols, scratch_.data());
+      return;
+    }
+  }
+  num::encode_array(number_format(t.dtype), in, n, scratch_.data());
+  write_tile(unit, b, t, rows, cols, scratch_.data());
 }
 
 double apply(VecOp op, double a, double b) {
@@ -180,7 +212,11 @@ void Replay::start(const WorkRecord& w, Staged& s) {
         read_values(w.unit, Buffer::L0B, o.src2, ins.k, ins.n, s.d1);
       } else {
         read_values(w.unit, Buffer::L0A, o.src, ins.m, ins.k, s.fa);
-        read_values(w.unit, Buffer::L0B, o.src2, ins.k, ins.n, s.fb);
+        // B stays in its NZ layout: strip j (k x 16) is a row-major matrix with leading dimension 16.
+        const uint64_t bytes = static_cast<uint64_t>((ins.n + 15) / 16) * o.src2.ld * 16 * dtype_bytes(o.src2.dtype);
+        const uint8_t* raw = mem_.buffer(w.unit, Buffer::L0B, o.src2.offset, o.src2.offset + bytes);
+        s.fb.resize(bytes / dtype_bytes(o.src2.dtype));
+        num::decode_array(number_format(o.src2.dtype), raw, s.fb.size(), s.fb.data());
       }
       break;
     case Op::Vector:
@@ -212,11 +248,17 @@ void Replay::finish(const WorkRecord& w, Staged& s) {
                     c.data(), n);
         write_values(w.unit, Buffer::L0C, o.dst, m, n, c.data());
       } else {
-        std::vector<float> c(static_cast<size_t>(m) * n, 0.0f);
-        if (o.accumulate) read_values(w.unit, Buffer::L0C, o.dst, m, n, c);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, s.fa.data(), k, s.fb.data(), n, 1.0f,
-                    c.data(), n);
-        write_values(w.unit, Buffer::L0C, o.dst, m, n, c.data());
+        // Accumulate in place, one 16-column strip of the NZ accumulator at a time (ld 16).
+        const TileRef& ct = o.dst;
+        const uint64_t end = ((static_cast<uint64_t>(ct.col0 + n + 15) / 16) * ct.ld) * 16 * sizeof(float);
+        float* acc = reinterpret_cast<float*>(mem_.buffer(w.unit, Buffer::L0C, 0, ct.offset + end) + ct.offset);
+        for (int j = 0; j * 16 < n; ++j) {
+          const int nj = std::min(16, n - j * 16);
+          float* cs = acc + (static_cast<size_t>(ct.col0 / 16 + j) * ct.ld + ct.row0) * 16;
+          const float* bs = s.fb.data() + static_cast<size_t>(j) * o.src2.ld * 16;
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, nj, k, 1.0f, s.fa.data(), k, bs, 16,
+                      o.accumulate ? 1.0f : 0.0f, cs, 16);
+        }
       }
       break;
     }
@@ -271,11 +313,12 @@ uint8_t* FunctionalMemory::buffer(uint32_t unit, Buffer b, uint64_t offset, uint
   return v.data() + offset;
 }
 
-void run_functional(const HardwareSpec& hw, const Program& prog, const SimResult& timed, FunctionalMemory& mem) {
-  for (const auto& c : prog.cores)
-    if (c.operands.size() != c.code.size()) throw InternalError("run_functional needs a program lowered with operands");
-  // Events: each record's start (read) and end (write). At equal times writes land before reads,
-  // except the write of an instruction with no data phase, which follows its own read.
+namespace {
+
+// Replays `records` (indices into timed.work) in time order. At equal times writes land before
+// reads, except the write of an instruction with no data phase, which follows its own read.
+void replay_in_order(const HardwareSpec& hw, const Program& prog, const SimResult& timed, FunctionalMemory& mem,
+                     const std::vector<uint32_t>& records) {
   struct Ev {
     double t;
     int phase;  // 0 write, 1 read, 2 write of a zero-length instruction
@@ -283,8 +326,8 @@ void run_functional(const HardwareSpec& hw, const Program& prog, const SimResult
     bool is_start;
   };
   std::vector<Ev> evs;
-  evs.reserve(timed.work.size() * 2);
-  for (uint32_t i = 0; i < timed.work.size(); ++i) {
+  evs.reserve(records.size() * 2);
+  for (uint32_t i : records) {
     const auto& w = timed.work[i];
     evs.push_back({w.start, 1, i, true});
     evs.push_back({w.end, w.end > w.start ? 0 : 2, i, false});
@@ -292,9 +335,6 @@ void run_functional(const HardwareSpec& hw, const Program& prog, const SimResult
   std::stable_sort(evs.begin(), evs.end(), [](const Ev& a, const Ev& b) {
     return a.t != b.t ? a.t < b.t : a.phase < b.phase;
   });
-  // One OpenBLAS thread: its threaded kernels change the summation order, and a functional run
-  // must give the same bytes whatever ran before it.
-  openblas_set_num_threads(1);
   Replay replay(hw, prog, mem);
   std::map<uint32_t, Staged> staged;
   for (const auto& e : evs) {
@@ -307,6 +347,75 @@ void run_functional(const HardwareSpec& hw, const Program& prog, const SimResult
       staged.erase(it);
     }
   }
+}
+
+// True when some core reads GM bytes that another core writes during the program (or two cores
+// write the same bytes): then only the global time order gives the right answer. Otherwise each
+// core can be replayed on its own. Writes are taken row by row (tiles of different cores share
+// rows); reads by their bounding interval (conservative).
+bool cores_share_gm(const Program& prog) {
+  struct Span {
+    uint64_t begin, end;
+    uint32_t unit;
+  };
+  std::vector<Span> writes, reads;
+  for (uint32_t u = 0; u < prog.cores.size(); ++u) {
+    const auto& c = prog.cores[u];
+    for (size_t i = 0; i < c.code.size(); ++i) {
+      const Instr& ins = c.code[i];
+      if (ins.op != Op::Copy || !(path_reads_gm(ins.path) || path_writes_gm(ins.path))) continue;
+      const Operands& o = c.operands[i];
+      const bool write = path_writes_gm(ins.path);
+      const TileRef& t = write ? o.dst : o.src;
+      const int e = dtype_bytes(t.dtype);
+      if (write && t.layout == TileLayout::Nd) {
+        for (uint32_t r = 0; r < o.rows; ++r) {
+          uint64_t b = elem_offset(t, r, 0, o.cols, e);
+          writes.push_back({b, b + static_cast<uint64_t>(o.cols) * e, u});
+        }
+      } else {
+        Span sp{std::min(elem_offset(t, 0, 0, o.cols, e), t.offset), tile_end(t, o.rows, o.cols, e), u};
+        (write ? writes : reads).push_back(sp);
+      }
+    }
+  }
+  auto by_begin = [](const Span& a, const Span& b) { return a.begin < b.begin; };
+  std::sort(writes.begin(), writes.end(), by_begin);
+  for (size_t i = 1; i < writes.size(); ++i)
+    if (writes[i].begin < writes[i - 1].end && writes[i].unit != writes[i - 1].unit) return true;
+  // With no cross-core write overlap, the write spans of each core are disjoint from others'; a
+  // read conflicts when it meets a write of another core.
+  uint64_t reach = 0;  // running max of write ends, to find writes that started earlier
+  std::vector<uint64_t> max_end(writes.size());
+  for (size_t i = 0; i < writes.size(); ++i) max_end[i] = reach = std::max(reach, writes[i].end);
+  for (const Span& r : reads) {
+    // Writes with begin < r.end, scanned back while they may still reach into r.
+    size_t hi = std::lower_bound(writes.begin(), writes.end(), Span{r.end, 0, 0}, by_begin) - writes.begin();
+    for (size_t i = hi; i-- > 0 && max_end[i] > r.begin;)
+      if (writes[i].end > r.begin && writes[i].unit != r.unit) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+void run_functional(const HardwareSpec& hw, const Program& prog, const SimResult& timed, FunctionalMemory& mem) {
+  for (const auto& c : prog.cores)
+    if (c.operands.size() != c.code.size()) throw InternalError("run_functional needs a program lowered with operands");
+  // One OpenBLAS thread: its threaded kernels change the summation order, and a functional run
+  // must give the same bytes whatever ran before it.
+  openblas_set_num_threads(1);
+  std::vector<std::vector<uint32_t>> per_unit(prog.cores.size());
+  for (uint32_t i = 0; i < timed.work.size(); ++i) per_unit[timed.work[i].unit].push_back(i);
+  if (cores_share_gm(prog)) {
+    std::vector<uint32_t> all(timed.work.size());
+    for (uint32_t i = 0; i < all.size(); ++i) all[i] = i;
+    replay_in_order(hw, prog, timed, mem, all);
+    return;
+  }
+  // Cores touch disjoint GM outputs and private buffers: replay them in parallel, each in its own
+  // time order, which gives exactly the bytes of the global order.
+  tbb::parallel_for(size_t{0}, per_unit.size(), [&](size_t u) { replay_in_order(hw, prog, timed, mem, per_unit[u]); });
 }
 
 }  // namespace npusim::sim
