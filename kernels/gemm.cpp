@@ -323,14 +323,22 @@ std::unique_ptr<Kernel> make_gemm(const YamlNode& w, const std::optional<YamlNod
     return *sim::dtype_from_name(n.as_enum(choices));
   };
   s.in = dt(w.at("dtype"), {"fp16", "bf16", "fp32", "int8"});
-  if (auto o = w.get("out_dtype")) {
-    s.out = s.in == DType::Int8 ? dt(*o, {"int32", "fp16", "bf16"}) : dt(*o, {"fp16", "bf16", "fp32"});
-  } else {
-    s.out = s.in == DType::Int8 ? DType::Int32 : s.in;
-  }
   if (!hw.aic.cube_k0[static_cast<int>(s.in)])
     w.at("dtype").fail(fmt::format("{} has no {} cube (supported: see `npusim hw show {}`)", hw.name,
                                    sim::dtype_name(s.in), hw.name));
+  s.out = s.in == DType::Int8 ? DType::Int32 : s.in;
+  if (auto o = w.get("out_dtype")) {
+    s.out = dt(*o, {"fp16", "bf16", "fp32", "int8", "int32"});
+    // What FIXPIPE can carry out of the accumulator: fp32 accumulators leave as fp16, bf16 or
+    // fp32; int32 accumulators (int8 inputs) as int32, or dequantised to fp16 / bf16.
+    const bool int_acc = s.in == DType::Int8;
+    const bool ok = int_acc ? (s.out == DType::Int32 || s.out == DType::Fp16 || s.out == DType::Bf16)
+                            : (s.out == DType::Fp16 || s.out == DType::Bf16 || s.out == DType::Fp32);
+    if (!ok)
+      o->fail(fmt::format("the FIXPIPE path out of an {} accumulator cannot carry {}; it carries {}",
+                          int_acc ? "int32" : "fp32", sim::dtype_name(s.out),
+                          int_acc ? "int32, fp16 or bf16" : "fp16, bf16 or fp32"));
+  }
   if (auto lay = w.get("layout")) {
     if (auto a = lay->get("a")) s.a = parse_layout(*a, false);
     if (auto bl = lay->get("b")) s.b = parse_layout(*bl, true);
@@ -338,9 +346,11 @@ std::unique_ptr<Kernel> make_gemm(const YamlNode& w, const std::optional<YamlNod
   // Every index the lowering computes must fit the 32-bit fields of an instruction.
   constexpr int64_t kMaxDim = int64_t(1) << 30;
   for (auto [key, v] : {std::pair{"m", s.m}, {"n", s.n}, {"k", s.k}})
-    if (v > kMaxDim) w.at(key).fail(fmt::format("{} = {} exceeds the supported maximum {}", key, v, kMaxDim));
+    if (v > kMaxDim)
+      w.at(key).fail(fmt::format("{} = {} is beyond 2^30, the largest dimension the 32-bit fields of an instruction "
+                                 "(tile origins, leading dimensions) can index", key, v));
   if (s.m * s.k > (int64_t(1) << 40) || s.k * s.n > (int64_t(1) << 40) || s.m * s.n > (int64_t(1) << 40))
-    w.fail("operand sizes beyond 2^40 elements are not supported");
+    w.fail("an operand beyond 2^40 elements is beyond what the 64-bit GM addressing of a tensor is checked for");
 
   GemmTiling t = default_gemm_tiling(s, hw);
   bool is_default = true;

@@ -534,3 +534,58 @@ TEST_F(Cli, UnwritableJsonPathIsAUserError) {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Functional runs: validate and run --functional
+
+namespace {
+class Functional : public CliFixture {};
+}  // namespace
+
+TEST_F(Functional, ValidatePassesAndTheReportCarriesValidation) {
+  const fs::path json = tmp_ / "v.json";
+  Result r = npusim({"validate", "configs/workloads/gemm_bf16_tails_validate.yaml", "--json", json.string()});
+  EXPECT_EQ(r.exit_code, 0) << r;
+  EXPECT_TRUE(contains(r.out, "validation passed")) << r;
+  auto j = nlohmann::json::parse(slurp(json));
+  const auto& v = j.at("kernels").at(0).at("validation");
+  for (const char* key : {"passed", "max_abs_err", "max_rel_err", "cos_diff", "mere", "mare", "ratio_to_same_precision",
+                          "tolerance"})
+    EXPECT_TRUE(v.contains(key)) << key;
+  EXPECT_TRUE(v.at("passed").get<bool>());
+}
+
+TEST_F(Functional, RunWithFunctionalGivesTimingAndNumbersFromOneRun) {
+  const fs::path json = tmp_ / "r.json", plain = tmp_ / "p.json";
+  Result r = npusim({"run", "--functional", "--quiet", "configs/workloads/gemm_bf16_tails_validate.yaml", "--json",
+                     json.string()});
+  EXPECT_EQ(r.exit_code, 0) << r;
+  Result p = npusim({"run", "--quiet", "configs/workloads/gemm_bf16_tails_validate.yaml", "--json", plain.string()});
+  EXPECT_EQ(p.exit_code, 0) << p;
+  auto fj = nlohmann::json::parse(slurp(json)), pj = nlohmann::json::parse(slurp(plain));
+  EXPECT_TRUE(fj.at("kernels").at(0).contains("validation"));
+  EXPECT_FALSE(pj.at("kernels").at(0).contains("validation"));
+  EXPECT_EQ(fj.at("kernels").at(0).at("cycles"), pj.at("kernels").at(0).at("cycles"));
+}
+
+TEST_F(Functional, UnknownInputDistributionSuggestsNearest) {
+  const std::string f = kBad + "unknown_distribution.yaml";
+  expect_config_error(npusim({"validate", f}), loc_of(f, "normall"), "inputs.distribution",
+                      {"unknown value 'normall'", "did you mean 'normal'", "uniform", "ones", "ties"});
+}
+
+TEST_F(Functional, NegativeSeedIsRejected) {
+  const std::string f = kBad + "negative_seed.yaml";
+  expect_config_error(npusim({"validate", f}), loc_of(f, "-4"), "inputs.seed", {"expected an integer >= 0"});
+}
+
+TEST_F(Functional, ADtypeThePathCannotCarryIsRejected) {
+  const std::string f = kBad + "dtype_path_cannot_carry.yaml";
+  expect_config_error(npusim({"validate", f}), loc_of(f, "fp32"), "workload.out_dtype",
+                      {"FIXPIPE", "cannot carry fp32", "int32, fp16 or bf16"});
+}
+
+TEST_F(Functional, ADimensionBeyondTheIndexTypeIsRejected) {
+  const std::string f = kBad + "dimension_beyond_index.yaml";
+  expect_config_error(npusim({"validate", f}), loc_of(f, "2147483648"), "workload.m", {"2^30", "32-bit"});
+}
