@@ -278,7 +278,7 @@ RunOutput execute_functional(const LoadedRun& run, const sim::Program& prog, con
     inputs.push_back(kernels::generate_input(run.inputs, tensors[i], static_cast<int>(i)));
     kernels::write_tensor(mem.gm(), tensors[i], inputs.back());
   }
-  sim::run_functional(run.hw, prog, out.sim, mem);
+  sim::run_functional(prog, out.sim, mem);
   std::vector<double> device = kernels::read_tensor(mem.gm(), *output);
   kernels::Golden golden = run.kernel->reference(inputs);
   kernels::Validation v = kernels::validate_output(device, golden, kernels::tolerance_for(output->dtype), output->cols);

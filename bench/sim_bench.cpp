@@ -73,7 +73,7 @@ void BM_FunctionalGemm2048(benchmark::State& state) {
     opt.record_work = true;
     sim::SimResult r = sim::simulate(run.hw, prog, opt);
     sim::FunctionalMemory mem(run.hw, prog);
-    sim::run_functional(run.hw, prog, r, mem);
+    sim::run_functional(prog, r, mem);
     benchmark::DoNotOptimize(mem.gm().data());
   }
   state.counters["peak_rss_MiB"] = peak_rss_mib();

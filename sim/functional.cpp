@@ -83,7 +83,7 @@ struct Staged {
 
 class Replay {
  public:
-  Replay(const HardwareSpec& hw, const Program& prog, FunctionalMemory& mem) : hw_(hw), prog_(prog), mem_(mem) {}
+  Replay(const Program& prog, FunctionalMemory& mem) : prog_(prog), mem_(mem) {}
   void start(const WorkRecord& w, Staged& s);
   void finish(const WorkRecord& w, Staged& s);
 
@@ -99,7 +99,6 @@ class Replay {
   template <typename T>
   void write_values(uint32_t unit, Buffer b, const TileRef& t, uint32_t rows, uint32_t cols, const T* in);
 
-  const HardwareSpec& hw_;
   const Program& prog_;
   FunctionalMemory& mem_;
   std::vector<uint8_t> scratch_;  // reused conversion buffer
@@ -317,7 +316,7 @@ namespace {
 
 // Replays `records` (indices into timed.work) in time order. At equal times writes land before
 // reads, except the write of an instruction with no data phase, which follows its own read.
-void replay_in_order(const HardwareSpec& hw, const Program& prog, const SimResult& timed, FunctionalMemory& mem,
+void replay_in_order(const Program& prog, const SimResult& timed, FunctionalMemory& mem,
                      const std::vector<uint32_t>& records) {
   struct Ev {
     double t;
@@ -335,7 +334,7 @@ void replay_in_order(const HardwareSpec& hw, const Program& prog, const SimResul
   std::stable_sort(evs.begin(), evs.end(), [](const Ev& a, const Ev& b) {
     return a.t != b.t ? a.t < b.t : a.phase < b.phase;
   });
-  Replay replay(hw, prog, mem);
+  Replay replay(prog, mem);
   std::map<uint32_t, Staged> staged;
   for (const auto& e : evs) {
     const WorkRecord& w = timed.work[e.rec];
@@ -399,7 +398,7 @@ bool cores_share_gm(const Program& prog) {
 
 }  // namespace
 
-void run_functional(const HardwareSpec& hw, const Program& prog, const SimResult& timed, FunctionalMemory& mem) {
+void run_functional(const Program& prog, const SimResult& timed, FunctionalMemory& mem) {
   for (const auto& c : prog.cores)
     if (c.operands.size() != c.code.size()) throw InternalError("run_functional needs a program lowered with operands");
   // One OpenBLAS thread: its threaded kernels change the summation order, and a functional run
@@ -410,12 +409,12 @@ void run_functional(const HardwareSpec& hw, const Program& prog, const SimResult
   if (cores_share_gm(prog)) {
     std::vector<uint32_t> all(timed.work.size());
     for (uint32_t i = 0; i < all.size(); ++i) all[i] = i;
-    replay_in_order(hw, prog, timed, mem, all);
+    replay_in_order(prog, timed, mem, all);
     return;
   }
   // Cores touch disjoint GM outputs and private buffers: replay them in parallel, each in its own
   // time order, which gives exactly the bytes of the global order.
-  tbb::parallel_for(size_t{0}, per_unit.size(), [&](size_t u) { replay_in_order(hw, prog, timed, mem, per_unit[u]); });
+  tbb::parallel_for(size_t{0}, per_unit.size(), [&](size_t u) { replay_in_order(prog, timed, mem, per_unit[u]); });
 }
 
 }  // namespace npusim::sim

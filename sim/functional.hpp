@@ -30,7 +30,8 @@ class FunctionalMemory {
 
   std::vector<uint8_t>& gm() { return gm_; }
   const std::vector<uint8_t>& gm() const { return gm_; }
-  uint8_t* buffer(uint32_t unit, Buffer b, uint64_t offset, uint64_t bytes);
+  // Pointer to byte `offset` of a buffer; throws SimError unless [offset, end) lies inside it.
+  uint8_t* buffer(uint32_t unit, Buffer b, uint64_t offset, uint64_t end);
 
  private:
   std::vector<uint8_t> gm_;
@@ -39,6 +40,6 @@ class FunctionalMemory {
 
 // Replays `timed.work` (from simulate() with record_work) on `mem`. Throws SimError when an
 // operand falls outside its buffer.
-void run_functional(const HardwareSpec& hw, const Program& prog, const SimResult& timed, FunctionalMemory& mem);
+void run_functional(const Program& prog, const SimResult& timed, FunctionalMemory& mem);
 
 }  // namespace npusim::sim
