@@ -169,20 +169,20 @@ std::vector<TensorInfo> GemmKernel::tensors() const {
           {"c", s_.out, s_.m, s_.n, TensorLayout::RowMajor, g.c, true}};
 }
 
-sim::Program GemmKernel::lower(const sim::HardwareSpec& hw, bool functional) const {
+sim::Program lower_gemm_blocks(const GemmShape& s_, const GemmTiling& t_, const GemmBlocks& blocks,
+                               const sim::HardwareSpec& hw, bool functional) {
   using sim::TileLayout;
   using sim::TileRef;
-  const int64_t M = s_.m, N = s_.n, K = s_.k;
+  const int64_t M = blocks.a_rows, N = s_.n, K = s_.k;
   const int64_t e = elt_bytes(s_.in), eo = elt_bytes(s_.out), ka = k_align(s_.in);
-  const GemmGm g = place(s_);
   const int64_t kp = round_up(K, 16);
   const sim::DType acc = s_.in == DType::Int8 ? DType::Int32 : DType::Fp32;
 
   sim::Program prog;
-  prog.name = name();
-  prog.gm_footprint_bytes = g.footprint;
-  const int64_t mblocks = ceil_div(M, t_.m1), nblocks = ceil_div(N, t_.n1), blocks = mblocks * nblocks;
-  const int cores = static_cast<int>(std::min<int64_t>(t_.cores, blocks));
+  prog.name = blocks.name;
+  prog.gm_footprint_bytes = blocks.footprint;
+  const int64_t nblk = static_cast<int64_t>(blocks.list.size());
+  const int cores = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(t_.cores, nblk)));
   const int l0c_bufs = 2 * t_.m1 * t_.n1 * 4 <= hw.aic.l0c_bytes ? 2 : 1;
   // On-chip placement: L1 stage s holds A (m1 x k1) then B (k1 x n1); L0A/L0B/L0C are split in
   // halves (or kept whole) for ping-pong.
@@ -194,13 +194,15 @@ sim::Program GemmKernel::lower(const sim::HardwareSpec& hw, bool functional) con
   for (int c = 0; c < cores; ++c) {
     sim::CoreProgram cp{CoreKind::Aic, c, {}, {}};
     sim::CoreBuilder b(cp, functional);
+    // Per-group bookkeeping on the scalar unit (block ranges of every group, empty ones too).
+    if (blocks.scalar_cycles_per_core > 0) b.scalar(blocks.scalar_cycles_per_core);
     for (int s = 0; s < t_.stages; ++s) b.set_flag(Pipe::Mte1, Pipe::Mte2, s);
     for (int p = 0; p < 2; ++p) b.set_flag(Pipe::M, Pipe::Mte1, p);
     for (int q = 0; q < l0c_bufs; ++q) b.set_flag(Pipe::Fixpipe, Pipe::M, q);
     int64_t kiter = 0, l0iter = 0, biter = 0;
-    for (int64_t blk = c; blk < blocks; blk += cores, ++biter) {
-      auto [mi, ni] = swizzle_block(blk, mblocks, nblocks, t_.swizzle_offset, t_.swizzle_direction);
-      const int64_t mb = std::min(t_.m1, M - mi * t_.m1), nb = std::min(t_.n1, N - ni * t_.n1);
+    for (int64_t bi = c; bi < nblk; bi += cores, ++biter) {
+      const GemmBlock& blk = blocks.list[static_cast<size_t>(bi)];
+      const int64_t mb = blk.mb, nb = blk.nb;
       const int cbuf = static_cast<int>(biter % l0c_bufs);
       const TileRef c_tile{cbuf * l0c_buf, r16(mb), 0, 0, TileLayout::Nz, acc};
       bool first_mmad = true;
@@ -215,10 +217,10 @@ sim::Program GemmKernel::lower(const sim::HardwareSpec& hw, bool functional) con
         oa.rows = uint32_t(mb), oa.cols = uint32_t(kb), oa.dst = l1_a;
         sim::GmRegion ra;
         if (s_.a == TensorLayout::RowMajor) {
-          ra = {g.a + (mi * t_.m1 * K + kk) * e, uint32_t(mb), uint32_t(kb * e), uint64_t(K * e)};
+          ra = {blocks.a + (blk.row0 * K + kk) * e, uint32_t(mb), uint32_t(kb * e), uint64_t(K * e)};
           oa.src = {ra.addr, uint32_t(K), 0, 0, TileLayout::Nd, s_.in};
         } else {
-          ra = {g.a + (kk * M + mi * t_.m1) * e, uint32_t(kb), uint32_t(mb * e), uint64_t(M * e)};
+          ra = {blocks.a + (kk * M + blk.row0) * e, uint32_t(kb), uint32_t(mb * e), uint64_t(M * e)};
           oa.src = {ra.addr, uint32_t(M), 0, 0, TileLayout::NdT, s_.in};
         }
         b.copy(Path::GmToL1Nd2Nz, uint32_t(mb * kb * e), ra, oa);
@@ -228,17 +230,17 @@ sim::Program GemmKernel::lower(const sim::HardwareSpec& hw, bool functional) con
         if (s_.b == TensorLayout::Nz) {
           // zN: each 16-column strip holds K x 16 elements contiguously.
           int64_t strips = ceil_div(nb, 16), rowb = round_up(kb, 16) * 16 * e;
-          sim::GmRegion rb{g.b + ((ni * t_.n1 / 16) * kp * 16 + kk * 16) * e, uint32_t(strips), uint32_t(rowb),
+          sim::GmRegion rb{blk.b + ((blk.col0 / 16) * kp * 16 + kk * 16) * e, uint32_t(strips), uint32_t(rowb),
                            uint64_t(kp * 16 * e)};
-          ob.src = {g.b, uint32_t(kp), uint32_t(kk), uint32_t(ni * t_.n1), TileLayout::Nz, s_.in};
+          ob.src = {blk.b, uint32_t(kp), uint32_t(kk), uint32_t(blk.col0), TileLayout::Nz, s_.in};
           b.copy(Path::GmToL1, uint32_t(strips * rowb), rb, ob);
         } else {
           sim::GmRegion rb;
           if (s_.b == TensorLayout::RowMajor) {
-            rb = {g.b + (kk * N + ni * t_.n1) * e, uint32_t(kb), uint32_t(nb * e), uint64_t(N * e)};
+            rb = {blk.b + (kk * N + blk.col0) * e, uint32_t(kb), uint32_t(nb * e), uint64_t(N * e)};
             ob.src = {rb.addr, uint32_t(N), 0, 0, TileLayout::Nd, s_.in};
           } else {
-            rb = {g.b + (ni * t_.n1 * K + kk) * e, uint32_t(nb), uint32_t(kb * e), uint64_t(K * e)};
+            rb = {blk.b + (blk.col0 * K + kk) * e, uint32_t(nb), uint32_t(kb * e), uint64_t(K * e)};
             ob.src = {rb.addr, uint32_t(K), 0, 0, TileLayout::NdT, s_.in};
           }
           b.copy(Path::GmToL1Nd2Nz, uint32_t(kb * nb * e), rb, ob);
@@ -282,7 +284,7 @@ sim::Program GemmKernel::lower(const sim::HardwareSpec& hw, bool functional) con
       b.wait_flag(Pipe::M, Pipe::Fixpipe, cbuf);
       sim::Operands oc;
       oc.rows = uint32_t(mb), oc.cols = uint32_t(nb), oc.src = c_tile;
-      oc.dst = {g.c + (mi * t_.m1 * N + ni * t_.n1) * eo, uint32_t(N), 0, 0, TileLayout::Nd, s_.out};
+      oc.dst = {blocks.c + (blk.row0 * N + blk.col0) * eo, uint32_t(N), 0, 0, TileLayout::Nd, s_.out};
       b.copy(Path::L0CToGmNz2Nd, uint32_t(mb * nb * eo),
              sim::GmRegion{oc.dst.offset, uint32_t(mb), uint32_t(nb * eo), uint64_t(N * eo)}, oc);
       b.set_flag(Pipe::Fixpipe, Pipe::M, cbuf);
@@ -294,6 +296,20 @@ sim::Program GemmKernel::lower(const sim::HardwareSpec& hw, bool functional) con
     prog.cores.push_back(std::move(cp));
   }
   return prog;
+}
+
+
+sim::Program GemmKernel::lower(const sim::HardwareSpec& hw, bool functional) const {
+  const GemmGm g = place(s_);
+  GemmBlocks blocks;
+  blocks.name = name();
+  blocks.a = g.a, blocks.c = g.c, blocks.a_rows = s_.m, blocks.footprint = g.footprint;
+  const int64_t mblocks = ceil_div(s_.m, t_.m1), nblocks = ceil_div(s_.n, t_.n1);
+  for (int64_t i = 0; i < mblocks * nblocks; ++i) {
+    auto [mi, ni] = swizzle_block(i, mblocks, nblocks, t_.swizzle_offset, t_.swizzle_direction);
+    blocks.list.push_back({mi * t_.m1, std::min(t_.m1, s_.m - mi * t_.m1), ni * t_.n1, std::min(t_.n1, s_.n - ni * t_.n1), g.b});
+  }
+  return lower_gemm_blocks(s_, t_, blocks, hw, functional);
 }
 
 Golden GemmKernel::reference(const std::vector<std::vector<double>>& in) const {

@@ -64,6 +64,26 @@ class GemmKernel : public Kernel {
 std::unique_ptr<Kernel> make_gemm(const YamlNode& workload, const std::optional<YamlNode>& tiling,
                                   const sim::HardwareSpec& hw);
 
+// One C block of a (grouped) GEMM: rows [row0, row0 + mb) of A and C, columns [col0, col0 + nb) of
+// B and C, with `b` the GM address of the B matrix this block multiplies.
+struct GemmBlock {
+  int64_t row0, mb, col0, nb;
+  uint64_t b;
+};
+
+// The blocks of one program, in the order cores take them (round-robin), and where A and C live.
+struct GemmBlocks {
+  std::string name;
+  std::vector<GemmBlock> list;
+  uint64_t a = 0, c = 0, footprint = 0;
+  int64_t a_rows = 0;                  // rows of A (the column-major stride)
+  uint32_t scalar_cycles_per_core = 0;  // scalar bookkeeping before the first block
+};
+
+// The shared lowering of GEMM and grouped GEMM (see the file comment above).
+sim::Program lower_gemm_blocks(const GemmShape& s, const GemmTiling& t, const GemmBlocks& blocks,
+                               const sim::HardwareSpec& hw, bool functional);
+
 // Block visiting order of catlass GemmIdentityBlockSwizzle<offset, direction>: block index ->
 // (m block, n block).
 std::pair<int64_t, int64_t> swizzle_block(int64_t idx, int64_t m_blocks, int64_t n_blocks, int offset,

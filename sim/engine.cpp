@@ -233,6 +233,12 @@ bool Engine::dispatch(Unit& unit) {
   const auto& code = *unit.code;
   while (unit.pc < code.size()) {
     const Instr& ins = code[unit.pc];
+    if (ins.op == Op::Scalar) {  // occupies the scalar unit, and so delays every later dispatch
+      unit.s_free += ins.m;
+      ++unit.pc;
+      progress = true;
+      continue;
+    }
     if (ins.op == Op::Barrier && ins.pipe == Pipe::S) {
       double drained = unit.s_free;
       for (auto& ps : unit.pipes) {
@@ -492,6 +498,8 @@ bool Engine::try_issue(uint32_t u, Pipe p, double now, double& next_wake) {
       ps.issue_free = t + kSyncIssueCycles;
       break;
     }
+    case Op::Scalar:
+      throw InternalError("scalar work is executed at dispatch and never queued on a pipe");
     case Op::CrossWait: {
       TimeQueue& f = unit.cross[ins.id];
       if (f.empty()) return false;
@@ -593,6 +601,7 @@ std::string describe(const Instr& ins) {
     case Op::Barrier: return fmt::format("pipe_barrier {}", ins.pipe == Pipe::S ? "ALL" : pipe_name(ins.pipe));
     case Op::CrossSet: return fmt::format("cross_core_set_flag mode {} flag {}", ins.mode, ins.id);
     case Op::CrossWait: return fmt::format("cross_core_wait_flag flag {}", ins.id);
+    case Op::Scalar: return fmt::format("scalar {} cycles", ins.m);
   }
   return "?";
 }
@@ -679,6 +688,9 @@ void check_program(const HardwareSpec& hw, const Program& prog) {
           if (ins.op == Op::CrossSet && ins.mode > 2) bad(fmt::format("cross-core mode {} not modelled (0, 1, 2)", ins.mode));
           break;
         case Op::Barrier:
+          break;
+        case Op::Scalar:
+          if (ins.pipe != Pipe::S) bad("scalar work runs on the S pipe");
           break;
       }
     }

@@ -74,4 +74,10 @@ void CoreBuilder::cross_wait(Pipe p, int id) {
   push(i);
 }
 
+void CoreBuilder::scalar(uint32_t cycles) {
+  Instr i = make(Op::Scalar, Pipe::S);
+  i.m = cycles;
+  push(i);
+}
+
 }  // namespace npusim::sim

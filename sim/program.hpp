@@ -21,6 +21,7 @@ enum class Op : uint8_t {
   Barrier,    // on pipe P: wait until prior P work completes; on S: wait until every pipe drains
   CrossSet,   // cross-core flag `id` with mode `mode` (0: all cores of a kind, 1: sibling AIV, 2: AIC<->AIV)
   CrossWait,  // block until cross-core flag `id` has been set for this core
+  Scalar,     // the scalar unit computes for `m` cycles (loop bookkeeping, address arithmetic)
 };
 
 // A GM region touched by a copy: `rows` rows of `row_bytes` bytes, `stride` bytes apart.
@@ -94,6 +95,7 @@ class CoreBuilder {
   void barrier(Pipe p);
   void cross_set(Pipe p, int mode, int id);
   void cross_wait(Pipe p, int id);
+  void scalar(uint32_t cycles);
 
  private:
   void push(const Instr& i, const Operands& ops = {});

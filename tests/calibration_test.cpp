@@ -161,7 +161,7 @@ TEST(Calibration, MultiCoreStreamingReachesTheMeasuredHbmRate) {
   p.name = "stream";
   p.gm_footprint_bytes = uint64_t(hw.num_aiv) * kTilesPerCore * kTile;
   for (int c = 0; c < hw.num_aiv; ++c) {
-    p.cores.push_back({CoreKind::Aiv, c, {}});
+    p.cores.push_back({CoreKind::Aiv, c, {}, {}});
     sim::CoreBuilder b(p.cores.back());
     for (int t = 0; t < kTilesPerCore; ++t) {
       uint64_t addr = (uint64_t(c) * kTilesPerCore + t) * kTile;

@@ -70,7 +70,7 @@ inline sim::Program single_core(sim::CoreKind kind, uint64_t footprint = 1 << 26
   sim::Program p;
   p.name = "test";
   p.gm_footprint_bytes = footprint;
-  p.cores.push_back({kind, 0, {}});
+  p.cores.push_back({kind, 0, {}, {}});
   return p;
 }
 

@@ -90,9 +90,9 @@ Program mix_program() {
   Program p;
   p.name = "mix";
   p.gm_footprint_bytes = 1 << 20;
-  p.cores.push_back({CoreKind::Aic, 0, {}});
-  p.cores.push_back({CoreKind::Aiv, 0, {}});
-  p.cores.push_back({CoreKind::Aiv, 1, {}});
+  p.cores.push_back({CoreKind::Aic, 0, {}, {}});
+  p.cores.push_back({CoreKind::Aiv, 0, {}, {}});
+  p.cores.push_back({CoreKind::Aiv, 1, {}, {}});
   return p;
 }
 
@@ -140,7 +140,7 @@ TEST(Engine, ACoreCopySlowsWhenOthersCopy) {
     p.name = "bw";
     p.gm_footprint_bytes = uint64_t(cores) * 4 * 131072;
     for (int c = 0; c < cores; ++c) {
-      p.cores.push_back({CoreKind::Aiv, c, {}});
+      p.cores.push_back({CoreKind::Aiv, c, {}, {}});
       CoreBuilder b(p.cores.back());
       for (int t = 0; t < 4; ++t)
         b.copy(Path::GmToUb, 131072, GmRegion{(uint64_t(c) * 4 + t) * 131072, 1, 131072, 131072});
