@@ -182,6 +182,7 @@ reports::KernelReport summarize(const sim::HardwareSpec& hw, const kernels::Kern
   out.op = k.op();
   out.tiling = k.tiling_json();
   out.tiling_default = k.tiling_is_default();
+  out.details = k.details();
   out.cycles = static_cast<uint64_t>(std::ceil(r.cycles));
   out.time_us = hw.cycles_to_us(r.cycles);
   out.flops = k.flops();

@@ -104,7 +104,9 @@ double GemmKernel::estimated_instructions() const {
   return blocks * (k1_steps * (6 + 7 * l0_steps) + 5) + cores * 2 * (t_.stages + 4);
 }
 
-Status GemmKernel::can_implement(const sim::HardwareSpec& hw) const {
+Status GemmKernel::can_implement(const sim::HardwareSpec& hw) const { return check_gemm_tiling(s_, t_, hw); }
+
+Status check_gemm_tiling(const GemmShape& s_, const GemmTiling& t_, const sim::HardwareSpec& hw) {
   const int64_t e = elt_bytes(s_.in), ka = k_align(s_.in);
   if (!hw.aic.cube_k0[static_cast<int>(s_.in)])
     return Status::bad("workload.dtype", fmt::format("{} has no {} cube", hw.name, sim::dtype_name(s_.in)));
@@ -330,9 +332,9 @@ Golden GemmKernel::reference(const std::vector<std::vector<double>>& in) const {
   return g;
 }
 
-std::unique_ptr<Kernel> make_gemm(const YamlNode& w, const std::optional<YamlNode>& tiling, const sim::HardwareSpec& hw) {
+GemmShape parse_gemm_shape(const YamlNode& w, const sim::HardwareSpec& hw, bool with_m) {
   GemmShape s;
-  s.m = w.at("m").as_positive_int();
+  if (with_m) s.m = w.at("m").as_positive_int();
   s.n = w.at("n").as_positive_int();
   s.k = w.at("k").as_positive_int();
   auto dt = [&](const YamlNode& n, std::vector<std::string> choices) {
@@ -367,32 +369,38 @@ std::unique_ptr<Kernel> make_gemm(const YamlNode& w, const std::optional<YamlNod
                                  "(tile origins, leading dimensions) can index", key, v));
   if (s.m * s.k > (int64_t(1) << 40) || s.k * s.n > (int64_t(1) << 40) || s.m * s.n > (int64_t(1) << 40))
     w.fail("an operand beyond 2^40 elements is beyond what the 64-bit GM addressing of a tensor is checked for");
+  return s;
+}
 
-  GemmTiling t = default_gemm_tiling(s, hw);
-  bool is_default = true;
-  if (tiling) {
-    is_default = false;
-    if (auto l1 = tiling->get("l1")) {
-      auto v = parse_triple(*l1);
-      t.m1 = v[0], t.n1 = v[1], t.k1 = v[2];
-      // An L1 tile without an L0 tile gets the largest L0 tile the default rule allows inside it.
-      t.m0 = t.m1, t.n0 = t.n1, t.k0 = std::min<int64_t>(t.k1, 128 / elt_bytes(s.in));
-      while (t.k0 > 0 && t.k1 % t.k0) t.k0 -= k_align(s.in);
-      if (t.k0 <= 0) t.k0 = t.k1;
-    }
-    if (auto l0 = tiling->get("l0")) {
-      auto v = parse_triple(*l0);
-      t.m0 = v[0], t.n0 = v[1], t.k0 = v[2];
-    }
-    if (auto sw = tiling->get("swizzle")) {
-      if (auto o = sw->get("offset")) t.swizzle_offset = static_cast<int>(o->as_positive_int());
-      if (auto d = sw->get("direction")) t.swizzle_direction = static_cast<int>(d->as_int());
-    }
-    if (auto st = tiling->get("stages")) t.stages = static_cast<int>(st->as_positive_int());
-    if (auto c = tiling->get("cores")) t.cores = static_cast<int>(c->as_positive_int());
-    else t.cores = static_cast<int>(std::min<int64_t>(hw.num_aic, ceil_div(s.m, t.m1) * ceil_div(s.n, t.n1)));
+GemmTiling parse_gemm_tiling(const std::optional<YamlNode>& tiling, GemmTiling t, int64_t blocks_m, int64_t n,
+                             const sim::HardwareSpec& hw, DType in) {
+  if (!tiling) return t;
+  if (auto l1 = tiling->get("l1")) {
+    auto v = parse_triple(*l1);
+    t.m1 = v[0], t.n1 = v[1], t.k1 = v[2];
+    // An L1 tile without an L0 tile gets the largest L0 tile the default rule allows inside it.
+    t.m0 = t.m1, t.n0 = t.n1, t.k0 = std::min<int64_t>(t.k1, 128 / elt_bytes(in));
+    while (t.k0 > 0 && t.k1 % t.k0) t.k0 -= k_align(in);
+    if (t.k0 <= 0) t.k0 = t.k1;
   }
-  return std::make_unique<GemmKernel>(s, t, is_default);
+  if (auto l0 = tiling->get("l0")) {
+    auto v = parse_triple(*l0);
+    t.m0 = v[0], t.n0 = v[1], t.k0 = v[2];
+  }
+  if (auto sw = tiling->get("swizzle")) {
+    if (auto o = sw->get("offset")) t.swizzle_offset = static_cast<int>(o->as_positive_int());
+    if (auto d = sw->get("direction")) t.swizzle_direction = static_cast<int>(d->as_int());
+  }
+  if (auto st = tiling->get("stages")) t.stages = static_cast<int>(st->as_positive_int());
+  if (auto c = tiling->get("cores")) t.cores = static_cast<int>(c->as_positive_int());
+  else t.cores = static_cast<int>(std::min<int64_t>(hw.num_aic, std::max<int64_t>(1, ceil_div(blocks_m, t.m1) * ceil_div(n, t.n1))));
+  return t;
+}
+
+std::unique_ptr<Kernel> make_gemm(const YamlNode& w, const std::optional<YamlNode>& tiling, const sim::HardwareSpec& hw) {
+  GemmShape s = parse_gemm_shape(w, hw, /*with_m=*/true);
+  GemmTiling t = parse_gemm_tiling(tiling, default_gemm_tiling(s, hw), s.m, s.n, hw, s.in);
+  return std::make_unique<GemmKernel>(s, t, !tiling.has_value());
 }
 
 }  // namespace npusim::kernels

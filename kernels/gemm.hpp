@@ -64,6 +64,14 @@ class GemmKernel : public Kernel {
 std::unique_ptr<Kernel> make_gemm(const YamlNode& workload, const std::optional<YamlNode>& tiling,
                                   const sim::HardwareSpec& hw);
 
+// Shared with the grouped GEMM: n, k, dtype, out_dtype and layout (and m when `with_m`).
+GemmShape parse_gemm_shape(const YamlNode& workload, const sim::HardwareSpec& hw, bool with_m);
+// `tiling:` over `defaults`; the default core count covers the blocks of a blocks_m x n output.
+GemmTiling parse_gemm_tiling(const std::optional<YamlNode>& tiling, GemmTiling defaults, int64_t blocks_m, int64_t n,
+                             const sim::HardwareSpec& hw, sim::DType in);
+// Buffer capacity, alignment, divisibility, stages, cores and swizzle of a tiling for a shape.
+Status check_gemm_tiling(const GemmShape& s, const GemmTiling& t, const sim::HardwareSpec& hw);
+
 // One C block of a (grouped) GEMM: rows [row0, row0 + mb) of A and C, columns [col0, col0 + nb) of
 // B and C, with `b` the GM address of the B matrix this block multiplies.
 struct GemmBlock {

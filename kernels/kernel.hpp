@@ -68,6 +68,8 @@ class Kernel {
   virtual double peak_flops_per_cycle(const sim::HardwareSpec& hw) const = 0;  // for "% of peak"
   // Instructions lower() will emit, computed without lowering (for limits checked up front).
   virtual double estimated_instructions() const = 0;
+  // Extra report keys of this kernel (e.g. the routing a grouped GEMM ran); null for none.
+  virtual nlohmann::json details() const { return nullptr; }
 };
 
 // Parses `workload` (and `tiling`, when present) for the op it names.

@@ -3,12 +3,14 @@
 #include "common/text.hpp"
 #include "kernels/elementwise.hpp"
 #include "kernels/gemm.hpp"
+#include "kernels/grouped_gemm.hpp"
 
 namespace npusim::kernels {
 
 const std::vector<KernelEntry>& kernel_registry() {
   static const std::vector<KernelEntry> kEntries{
       {"gemm", "C = A x B on the cube cores (tiling: l1, l0, swizzle, stages, cores)", make_gemm},
+      {"grouped_gemm", "per-group C = A x B_g over rows per expert (group_rows or a seeded routing)", make_grouped_gemm},
       {"add", "out = x + y on the AIVs (tiling: tile_elems, buffers, cores)", make_elementwise},
       {"mul", "out = x * y on the AIVs", make_elementwise},
       {"exp", "out = exp(x) on the AIVs", make_elementwise},

@@ -3,29 +3,10 @@
 #include <cmath>
 
 #include "common/numerics.hpp"
+#include "kernels/rng.hpp"
 
 namespace npusim::kernels {
 namespace {
-
-// splitmix64: a small, portable generator, so the same seed gives the same inputs everywhere.
-class Rng {
- public:
-  explicit Rng(uint64_t seed) : s_(seed) {}
-  uint64_t next() {
-    uint64_t z = (s_ += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  double uniform01() { return (next() >> 11) * 0x1.0p-53; }  // [0, 1)
-  double normal() {  // Box-Muller, one value per call
-    double u1 = uniform01(), u2 = uniform01();
-    return std::sqrt(-2.0 * std::log1p(-u1)) * std::cos(2.0 * M_PI * u2);
-  }
-
- private:
-  uint64_t s_;
-};
 
 uint64_t element_index(const TensorInfo& t, int64_t r, int64_t c) {
   switch (t.layout) {

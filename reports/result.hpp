@@ -54,6 +54,7 @@ struct KernelReport {
   Traffic bytes;
   Utilization utilization;
   std::optional<ValidationReport> validation;  // functional runs only
+  nlohmann::json details;                      // kernel-specific keys (e.g. routing), null for none
 };
 
 struct HardwareParam {

@@ -91,6 +91,7 @@ nlohmann::json to_json(const RunReport& r) {
           {"hbm_bw", k.utilization.hbm_bw}}},
     };
     if (k.validation) kj["validation"] = to_json(*k.validation);
+    if (k.details.is_object()) kj.update(k.details);
     kernels.push_back(kj);
   }
   return {

@@ -162,6 +162,8 @@ std::vector<Decl> build_decls() {
                      [](S& s) -> double& { return s.mte_issue_gap_cycles; }, 0, false));
   d.push_back(number("scalar.dispatch_cycles", "cycles", "scalar unit cost to dispatch one instruction", true,
                      [](S& s) -> double& { return s.scalar_dispatch_cycles; }, 0, false));
+  d.push_back(number("scalar.group_cycles", "cycles", "scalar work per group a grouped kernel walks (even an empty one)", true,
+                     [](S& s) -> double& { return s.scalar_group_cycles; }, 0, false));
   d.push_back(integer("sync.intra_core_event_ids", "", "intra-core event ids per pipe pair", true, [](S& s) -> int& { return s.sync.event_ids; }));
   d.push_back(integer("sync.cross_core_flag_ids", "", "cross-core flag ids", true, [](S& s) -> int& { return s.sync.cross_flag_ids; }));
   d.push_back(integer("sync.cross_core_max_pending_sets", "", "cross-core sets pending without a wait", true,

@@ -75,6 +75,7 @@ struct HardwareSpec {
 
   double mte_issue_gap_cycles = 0;  // minimum spacing of two transfers issued on one MTE pipe
   double scalar_dispatch_cycles = 1;
+  double scalar_group_cycles = 0;  // scalar work per group a grouped kernel walks (its block range)
 
   struct Sync {
     int event_ids = 8;

@@ -589,3 +589,39 @@ TEST_F(Functional, ADimensionBeyondTheIndexTypeIsRejected) {
   const std::string f = kBad + "dimension_beyond_index.yaml";
   expect_config_error(npusim({"validate", f}), loc_of(f, "2147483648"), "workload.m", {"2^30", "32-bit"});
 }
+
+// ---------------------------------------------------------------------------------------------
+// Grouped GEMM (MoE experts)
+
+namespace {
+class Grouped : public CliFixture {};
+}  // namespace
+
+TEST_F(Grouped, TopkLargerThanTheExpertsIsRejected) {
+  const std::string f = kBad + "topk_beyond_experts.yaml";
+  expect_config_error(npusim({"check", f}), loc_of(f, "9}"), "workload.routing.topk",
+                      {"top-k 9 is larger than the 8 experts available"});
+}
+
+TEST_F(Grouped, NegativeGroupRowsAreRejected) {
+  const std::string f = kBad + "negative_group_rows.yaml";
+  expect_config_error(npusim({"check", f}), loc_of(f, "[4, -1, 7]"), "workload.group_rows", {"must be >= 0"});
+}
+
+TEST_F(Grouped, RowsAndRoutingTogetherAreRejected) {
+  const std::string f = kBad + "rows_and_routing.yaml";
+  expect_config_error(npusim({"check", f}), loc_of(f, "{experts"), "workload.routing", {"either group_rows or routing"});
+}
+
+TEST_F(Grouped, TheReportCarriesTokensPerExpertAndImbalance) {
+  const fs::path json = tmp_ / "g.json";
+  Result r = npusim({"run", "--quiet", "configs/workloads/moe_gmm2_decode_zipf.yaml", "--json", json.string()});
+  ASSERT_EQ(r.exit_code, 0) << r;
+  auto k = nlohmann::json::parse(slurp(json)).at("kernels").at(0);
+  const auto counts = k.at("routing").at("tokens_per_expert").get<std::vector<int64_t>>();
+  EXPECT_EQ(counts.size(), 8u);
+  int64_t total = 0;
+  for (auto c : counts) total += c;
+  EXPECT_EQ(total, 60 * 6);
+  EXPECT_GE(k.at("routing").at("imbalance").get<double>(), 1.0);
+}

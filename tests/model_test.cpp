@@ -150,6 +150,42 @@ TEST(Gemm, TailTilesInEveryDimensionSimulate) {
   EXPECT_NEAR(out.kernel.flops, 2.0 * 1000 * 570 * 6100, 1);
 }
 
+app::RunOutput run_yaml(const std::string& yaml) {
+  static int n = 0;
+  std::string file = testing::TempDir() + "/model_" + std::to_string(n++) + ".yaml";
+  std::ofstream(file) << yaml;
+  return app::execute(app::load_run(file));
+}
+
+TEST(GroupedGemm, OneGroupCostsWhatTheSameGemmCosts) {
+  auto g = run_yaml("hardware: ascend910b2\nworkload: {op: grouped_gemm, n: 2048, k: 4096, dtype: fp16, group_rows: [1000]}\n"
+                    "tiling: {l1: [128, 256, 256], l0: [128, 256, 64]}\n");
+  auto m = run_yaml("hardware: ascend910b2\nworkload: {op: gemm, m: 1000, n: 2048, k: 4096, dtype: fp16}\n"
+                    "tiling: {l1: [128, 256, 256], l0: [128, 256, 64]}\n");
+  EXPECT_NEAR(static_cast<double>(g.kernel.cycles) / m.kernel.cycles, 1.0, 0.01);
+}
+
+TEST(GroupedGemm, EmptyExpertsCostOnlyTheirBookkeeping) {
+  const auto& hw = test::preset("ascend910b2");
+  auto one = run_yaml("hardware: ascend910b2\nworkload: {op: grouped_gemm, n: 512, k: 512, dtype: fp16, group_rows: [300]}\n");
+  auto many = run_yaml(
+      "hardware: ascend910b2\nworkload: {op: grouped_gemm, n: 512, k: 512, dtype: fp16, group_rows: [300, 0, 0, 0, 0, 0, 0, 0]}\n");
+  EXPECT_NEAR(static_cast<double>(many.kernel.cycles) - one.kernel.cycles, 7 * hw.scalar_group_cycles, 2.0);
+}
+
+TEST(GroupedGemm, InDecodeTimeFollowsTheExpertsThatHaveRows) {
+  // Decode-sized groups are bound by reading expert weights: the same 128 rows spread over eight
+  // experts read eight 16 MiB weights, concentrated on one expert they read one.
+  const std::string base = "hardware: ascend910b2\nworkload: {op: grouped_gemm, n: 2048, k: 4096, dtype: bf16, layout: {b: nz}, ";
+  auto even = run_yaml(base + "group_rows: [16, 16, 16, 16, 16, 16, 16, 16]}\n");
+  auto hot = run_yaml(base + "group_rows: [128, 0, 0, 0, 0, 0, 0, 0]}\n");
+  EXPECT_LT(hot.kernel.time_us, 0.5 * even.kernel.time_us);
+  EXPECT_GT(even.kernel.utilization.hbm_bw, 0.7);
+  // The report carries the counts and their imbalance (max / mean).
+  EXPECT_DOUBLE_EQ(hot.kernel.details.at("routing").at("imbalance").get<double>(), 8.0);
+  EXPECT_DOUBLE_EQ(even.kernel.details.at("routing").at("imbalance").get<double>(), 1.0);
+}
+
 TEST(Gemm, RunsOnEveryPresetWithItsDefaultTiling) {
   for (const auto& p : app::list_presets()) {
     std::string file = testing::TempDir() + "/preset_" + p + ".yaml";

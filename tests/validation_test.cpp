@@ -78,6 +78,31 @@ TEST(GemmValidation, TieInputsAndOnesPass) {
   }
 }
 
+std::string grouped_yaml(const std::string& rows_or_routing, const std::string& dtype, const std::string& b_layout,
+                         const std::string& tiling = "") {
+  return "hardware: ascend910b2\nworkload: {op: grouped_gemm, n: 96, k: 200, dtype: " + dtype + ", layout: {b: " + b_layout +
+         "}, " + rows_or_routing + "}\n" + (tiling.empty() ? "" : "tiling: " + tiling + "\n") +
+         "inputs: {distribution: normal, seed: 3}\n";
+}
+
+TEST(GroupedGemmValidation, EmptyExpertsTailsAndOneExpertHoldingAllRowsPass) {
+  for (const char* rows : {"group_rows: [0, 37, 0, 100, 1, 0]", "group_rows: [0, 0, 300, 0]", "group_rows: [16, 16, 16]",
+                           "group_rows: [0, 0, 0]"})
+    for (const char* b : {"row_major", "col_major", "nz"})
+      expect_valid(app::execute_functional(load(grouped_yaml(rows, "bf16", b))), std::string(rows) + " b=" + b);
+  expect_valid(app::execute_functional(load(grouped_yaml("group_rows: [5, 70, 0, 33]", "fp16", "nz",
+                                                         "{l1: [32, 64, 64], l0: [32, 32, 32], stages: 3}"))),
+               "small tiles");
+  expect_valid(app::execute_functional(load(grouped_yaml("group_rows: [9, 0, 40]", "int8", "row_major"))), "int8");
+}
+
+TEST(GroupedGemmValidation, SeededRoutingPasses) {
+  for (const char* d : {"uniform", "zipf", "hot_expert"})
+    expect_valid(app::execute_functional(load(grouped_yaml(
+                     std::string("routing: {experts: 8, tokens: 40, topk: 3, distribution: ") + d + ", seed: 9}", "fp16", "nz"))),
+                 d);
+}
+
 TEST(VectorValidation, EveryOpPasses) {
   for (const char* y : {"{op: add, shape: [1000, 37], dtype: fp16}", "{op: add, shape: [4097], dtype: fp32}",
                         "{op: mul, shape: [333, 77], dtype: fp16}", "{op: exp, shape: [5000], dtype: fp32}",

@@ -1,0 +1,164 @@
+#include "kernels/grouped_gemm.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <numeric>
+
+#include "common/numerics.hpp"
+#include "kernels/reference/reference.hpp"
+#include "kernels/routing.hpp"
+
+namespace npusim::kernels {
+
+namespace {
+
+struct GroupedGm {
+  uint64_t a, c, footprint;
+  std::vector<uint64_t> b;  // one weight per group
+};
+
+GroupedGm place(const GemmShape& s, const std::vector<int64_t>& rows, int64_t total) {
+  const int64_t e = sim::dtype_bytes(s.in);
+  GmAllocator gm;
+  GroupedGm g{};
+  g.a = gm.alloc(total * s.k * e);
+  const int64_t b_elems = s.b == TensorLayout::Nz ? round_up(s.k, 16) * round_up(s.n, 16) : s.k * s.n;
+  for (size_t i = 0; i < rows.size(); ++i) g.b.push_back(gm.alloc(b_elems * e));
+  g.c = gm.alloc(total * s.n * sim::dtype_bytes(s.out));
+  g.footprint = gm.footprint();
+  return g;
+}
+
+}  // namespace
+
+int64_t GroupedGemmKernel::total_rows() const { return std::accumulate(rows_.begin(), rows_.end(), int64_t{0}); }
+
+std::string GroupedGemmKernel::name() const {
+  return fmt::format("grouped_gemm_{}x{}x{}x{}_{}", rows_.size(), total_rows(), s_.n, s_.k, sim::dtype_name(s_.in));
+}
+
+nlohmann::json GroupedGemmKernel::tiling_json() const {
+  GemmKernel g(s_, t_, default_);
+  return g.tiling_json();
+}
+
+nlohmann::json GroupedGemmKernel::details() const {
+  return {{"routing", {{"tokens_per_expert", rows_}, {"imbalance", imbalance(rows_)}}}};
+}
+
+double GroupedGemmKernel::compulsory_bytes() const {
+  // Only experts with rows read their weights.
+  const int64_t used = std::count_if(rows_.begin(), rows_.end(), [](int64_t r) { return r > 0; });
+  return static_cast<double>(total_rows() * s_.k + used * s_.k * s_.n) * sim::dtype_bytes(s_.in) +
+         static_cast<double>(total_rows() * s_.n) * sim::dtype_bytes(s_.out);
+}
+
+double GroupedGemmKernel::estimated_instructions() const {
+  double total = 0;
+  for (int64_t r : rows_) {
+    if (!r) continue;
+    GemmShape g = s_;
+    g.m = r;
+    total += GemmKernel(g, t_, false).estimated_instructions();
+  }
+  return total + static_cast<double>(rows_.size());
+}
+
+Status GroupedGemmKernel::can_implement(const sim::HardwareSpec& hw) const {
+  GemmShape g = s_;
+  g.m = std::max<int64_t>(1, total_rows());
+  return check_gemm_tiling(g, t_, hw);
+}
+
+std::vector<TensorInfo> GroupedGemmKernel::tensors() const {
+  const int64_t total = total_rows();
+  GroupedGm g = place(s_, rows_, total);
+  std::vector<TensorInfo> out{{"a", s_.in, total, s_.k, s_.a, g.a, false}};
+  for (size_t i = 0; i < rows_.size(); ++i)
+    out.push_back({fmt::format("b{}", i), s_.in, s_.k, s_.n, s_.b, g.b[i], false});
+  out.push_back({"c", s_.out, total, s_.n, TensorLayout::RowMajor, g.c, true});
+  return out;
+}
+
+sim::Program GroupedGemmKernel::lower(const sim::HardwareSpec& hw, bool functional) const {
+  const int64_t total = total_rows();
+  GroupedGm g = place(s_, rows_, total);
+  GemmBlocks blocks;
+  blocks.name = name();
+  blocks.a = g.a, blocks.c = g.c, blocks.a_rows = total, blocks.footprint = g.footprint;
+  // Every core walks the whole group list to find its blocks.
+  blocks.scalar_cycles_per_core = static_cast<uint32_t>(hw.scalar_group_cycles * static_cast<double>(rows_.size()));
+  const int64_t nblocks = ceil_div(s_.n, t_.n1);
+  int64_t row0 = 0;
+  for (size_t grp = 0; grp < rows_.size(); ++grp) {
+    const int64_t m = rows_[grp], mblocks = ceil_div(m, t_.m1);
+    for (int64_t i = 0; i < mblocks * nblocks; ++i) {
+      auto [mi, ni] = swizzle_block(i, mblocks, nblocks, t_.swizzle_offset, t_.swizzle_direction);
+      blocks.list.push_back({row0 + mi * t_.m1, std::min(t_.m1, m - mi * t_.m1), ni * t_.n1,
+                             std::min(t_.n1, s_.n - ni * t_.n1), g.b[grp]});
+    }
+    row0 += m;
+  }
+  return lower_gemm_blocks(s_, t_, blocks, hw, functional);
+}
+
+Golden GroupedGemmKernel::reference(const std::vector<std::vector<double>>& in) const {
+  const int64_t total = total_rows(), N = s_.n, K = s_.k, E = static_cast<int64_t>(rows_.size());
+  Golden g;
+  g.exact.assign(static_cast<size_t>(total * N), 0.0);
+  std::vector<double> b(static_cast<size_t>(E * K * N));
+  for (int64_t e = 0; e < E; ++e) std::copy(in[1 + e].begin(), in[1 + e].end(), b.begin() + e * K * N);
+  ref::grouped_gemm(rows_, N, K, in[0].data(), b.data(), g.exact.data());
+  if (s_.in == sim::DType::Int8) {
+    g.same_precision = g.exact;
+    return g;
+  }
+  // fp32 products and accumulation per group, one rounding to the output type.
+  std::vector<float> af(in[0].begin(), in[0].end()), cf(static_cast<size_t>(total * N));
+  int64_t row0 = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    if (rows_[e]) {
+      std::vector<float> bf(in[1 + e].begin(), in[1 + e].end());
+      ref::gemm(rows_[e], N, K, af.data() + row0 * K, bf.data(), cf.data() + row0 * N);
+    }
+    row0 += rows_[e];
+  }
+  const num::Format out = sim::number_format(s_.out);
+  g.same_precision.resize(cf.size());
+  for (size_t i = 0; i < cf.size(); ++i) g.same_precision[i] = num::round_to(out, cf[i]);
+  return g;
+}
+
+std::unique_ptr<Kernel> make_grouped_gemm(const YamlNode& w, const std::optional<YamlNode>& tiling,
+                                          const sim::HardwareSpec& hw) {
+  GemmShape s = parse_gemm_shape(w, hw, /*with_m=*/false);
+  std::vector<int64_t> rows;
+  auto explicit_rows = w.get("group_rows");
+  auto routing = w.get("routing");
+  if (explicit_rows && routing) routing->fail("give either group_rows or routing, not both");
+  if (explicit_rows) {
+    rows = explicit_rows->as_int_list();
+    if (rows.empty()) explicit_rows->fail("expected at least one group");
+    for (int64_t r : rows)
+      if (r < 0) explicit_rows->fail(fmt::format("group rows must be >= 0, found {}", r));
+  } else if (routing) {
+    RoutingSpec spec = parse_routing(*routing);
+    rows = tokens_per_expert(draw_routing(spec), spec.experts);
+  } else {
+    w.fail("missing required key: group_rows (rows per group) or routing (a seeded draw)");
+  }
+  const int64_t total = std::accumulate(rows.begin(), rows.end(), int64_t{0});
+  if (total > (int64_t(1) << 30)) w.fail("the groups hold more than 2^30 rows in total");
+  // Default tiling: the GEMM default for the largest group (GMM tiles shrink with few tokens).
+  GemmShape biggest = s;
+  biggest.m = std::max<int64_t>(1, *std::max_element(rows.begin(), rows.end()));
+  GemmTiling t = default_gemm_tiling(biggest, hw);
+  int64_t blocks = 0;
+  for (int64_t r : rows) blocks += ceil_div(r, t.m1) * ceil_div(s.n, t.n1);
+  t.cores = static_cast<int>(std::clamp<int64_t>(blocks, 1, hw.num_aic));
+  t = parse_gemm_tiling(tiling, t, std::max<int64_t>(1, total), s.n, hw, s.in);
+  return std::make_unique<GroupedGemmKernel>(s, std::move(rows), t, !tiling.has_value());
+}
+
+}  // namespace npusim::kernels
