@@ -4,6 +4,7 @@
 #include "kernels/elementwise.hpp"
 #include "kernels/gemm.hpp"
 #include "kernels/grouped_gemm.hpp"
+#include "kernels/swiglu.hpp"
 
 namespace npusim::kernels {
 
@@ -11,6 +12,7 @@ const std::vector<KernelEntry>& kernel_registry() {
   static const std::vector<KernelEntry> kEntries{
       {"gemm", "C = A x B on the cube cores (tiling: l1, l0, swizzle, stages, cores)", make_gemm},
       {"grouped_gemm", "per-group C = A x B_g over rows per expert (group_rows or a seeded routing)", make_grouped_gemm},
+      {"swiglu", "out = silu(g) * u over [g | u] rows on the AIVs (clamp, row weights; tiling: rows_per_tile, buffers, cores)", make_swiglu},
       {"add", "out = x + y on the AIVs (tiling: tile_elems, buffers, cores)", make_elementwise},
       {"mul", "out = x * y on the AIVs", make_elementwise},
       {"exp", "out = exp(x) on the AIVs", make_elementwise},

@@ -178,6 +178,11 @@ void Replay::write_values(uint32_t unit, Buffer b, const TileRef& t, uint32_t ro
 
 double apply(VecOp op, double a, double b) {
   switch (op) {
+    case VecOp::Muls: return a * b;
+    case VecOp::Adds: return a + b;
+    case VecOp::Maxs: return std::isnan(a) || std::isnan(b) ? NAN : std::max(a, b);
+    case VecOp::Mins: return std::isnan(a) || std::isnan(b) ? NAN : std::min(a, b);
+    case VecOp::Dup: return b;
     case VecOp::Add: return a + b;
     case VecOp::Sub: return a - b;
     case VecOp::Mul: return a * b;
@@ -191,7 +196,7 @@ double apply(VecOp op, double a, double b) {
     case VecOp::Cast: return a;
     default: break;
   }
-  throw SimError(fmt::format("functional runs do not model vector {} (it needs a scalar operand)", vec_op_name(op)));
+  throw SimError(fmt::format("functional runs do not model vector {}", vec_op_name(op)));
 }
 
 void Replay::start(const WorkRecord& w, Staged& s) {
@@ -219,8 +224,14 @@ void Replay::start(const WorkRecord& w, Staged& s) {
       }
       break;
     case Op::Vector:
-      read_values(w.unit, Buffer::Ub, o.src, 1, ins.m, s.d0);
-      if (vec_op_sources(ins.vop) == 2) read_values(w.unit, Buffer::Ub, o.src2, 1, ins.m, s.d1);
+      if (vec_op_sources(ins.vop) >= 1) read_values(w.unit, Buffer::Ub, o.src, 1, ins.m, s.d0);
+      if (vec_op_sources(ins.vop) == 2) {
+        read_values(w.unit, Buffer::Ub, o.src2, 1, ins.m, s.d1);
+      } else if (o.scalar_from_src2) {
+        read_values(w.unit, Buffer::Ub, o.src2, 1, 1, s.d1);  // the scalar register's value
+      } else {
+        s.d1.assign(1, o.scalar);
+      }
       break;
     default:
       break;
@@ -265,8 +276,9 @@ void Replay::finish(const WorkRecord& w, Staged& s) {
       const size_t n = ins.m;
       std::vector<double> out(n);
       const num::Format f = number_format(ins.dtype);
+      const bool scalar = vec_op_sources(ins.vop) < 2;
       for (size_t i = 0; i < n; ++i) {
-        double v = apply(ins.vop, s.d0[i], s.d1.empty() ? 0.0 : s.d1[i]);
+        double v = apply(ins.vop, s.d0.empty() ? 0.0 : s.d0[i], scalar ? s.d1[0] : s.d1[i]);
         // The unit computes in the instruction's dtype; a cast rounds once, to the destination.
         out[i] = ins.vop == VecOp::Cast ? v : num::round_to(f, v);
       }

@@ -66,6 +66,10 @@ struct Operands {
   TileRef src, src2, dst;  // copy: src -> dst; MMAD: A (L0A), B (L0B) -> C (L0C); vector: src, src2 -> dst
   uint32_t rows = 0, cols = 0;  // copy tile shape; padding up to the NZ fractal is zero-filled
   bool accumulate = false;      // MMAD: add into C instead of overwriting it
+  // Vector ops with a scalar operand (muls, adds, maxs, mins, dup): the immediate `scalar`, or, when
+  // `scalar_from_src2`, the value at src2 that the scalar unit loaded (a routing weight, say).
+  double scalar = 0;
+  bool scalar_from_src2 = false;
 };
 
 struct CoreProgram {

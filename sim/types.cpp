@@ -33,7 +33,7 @@ constexpr std::array<std::string_view, kNumPipes> kPipeNames{"S", "MTE2", "MTE1"
 constexpr std::array<std::string_view, kNumDTypes> kDTypeNames{"fp16", "bf16", "fp32", "int8", "int32"};
 constexpr std::array<int, kNumDTypes> kDTypeBytes{2, 2, 4, 1, 4};
 constexpr std::array<std::string_view, kNumVecOps> kVecOpNames{
-    "add", "sub", "mul", "max", "min", "muls", "adds", "exp", "ln", "sqrt", "div", "relu", "cast", "dup"};
+    "add", "sub", "mul", "max", "min", "muls", "adds", "maxs", "mins", "exp", "ln", "sqrt", "div", "relu", "cast", "dup"};
 
 }  // namespace
 

@@ -56,7 +56,7 @@ int dtype_bytes(DType d);
 num::Format number_format(DType d);  // the bit-exact format functional runs use for `d`
 
 // Vector instructions with calibrated throughput. Binary ops read two sources.
-enum class VecOp : uint8_t { Add, Sub, Mul, Max, Min, Muls, Adds, Exp, Ln, Sqrt, Div, Relu, Cast, Dup, Count };
+enum class VecOp : uint8_t { Add, Sub, Mul, Max, Min, Muls, Adds, Maxs, Mins, Exp, Ln, Sqrt, Div, Relu, Cast, Dup, Count };
 inline constexpr int kNumVecOps = static_cast<int>(VecOp::Count);
 std::string_view vec_op_name(VecOp op);
 std::optional<VecOp> vec_op_from_name(std::string_view name);

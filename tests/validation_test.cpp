@@ -78,6 +78,9 @@ TEST(GemmValidation, TieInputsAndOnesPass) {
   }
 }
 
+bool caught(const app::LoadedRun& run, const sim::Program& broken);
+void erase_at(sim::CoreProgram& c, size_t i);
+
 std::string grouped_yaml(const std::string& rows_or_routing, const std::string& dtype, const std::string& b_layout,
                          const std::string& tiling = "") {
   return "hardware: ascend910b2\nworkload: {op: grouped_gemm, n: 96, k: 200, dtype: " + dtype + ", layout: {b: " + b_layout +
@@ -101,6 +104,28 @@ TEST(GroupedGemmValidation, SeededRoutingPasses) {
     expect_valid(app::execute_functional(load(grouped_yaml(
                      std::string("routing: {experts: 8, tokens: 40, topk: 3, distribution: ") + d + ", seed: 9}", "fp16", "nz"))),
                  d);
+}
+
+TEST(SwigluValidation, ClampHalfOrdersRowWeightsAndDtypesPass) {
+  for (const char* w : {"{op: swiglu, rows: 37, inter: 256, dtype: bf16}",
+                        "{op: swiglu, rows: 64, inter: 2048, dtype: bf16, clamp: 10.0, row_weights: true}",
+                        "{op: swiglu, rows: 5, inter: 128, dtype: fp16, halves: up_first, out_dtype: fp32}",
+                        "{op: swiglu, rows: 33, inter: 512, dtype: fp32, clamp: 0.5}",
+                        "{op: swiglu, rows: 100, inter: 64, dtype: bf16, clamp: 1.0, row_weights: true, halves: up_first}"})
+    expect_valid(app::execute_functional(load(std::string("hardware: ascend910b2\nworkload: ") + w +
+                                              "\ninputs: {distribution: normal, scale: 3.0, seed: 2}\n")),
+                 w);
+}
+
+TEST(SwigluValidation, AKernelThatForgetsTheClampIsCaught) {
+  auto run = load("hardware: ascend910b2\nworkload: {op: swiglu, rows: 16, inter: 256, dtype: bf16, clamp: 2.0}\n"
+                  "inputs: {distribution: normal, scale: 8.0, seed: 4}\n");
+  sim::Program p = run.kernel->lower(run.hw, true);
+  for (auto& c : p.cores)
+    for (size_t i = c.code.size(); i-- > 0;)
+      if (c.code[i].op == sim::Op::Vector && (c.code[i].vop == sim::VecOp::Mins || c.code[i].vop == sim::VecOp::Maxs))
+        erase_at(c, i);
+  EXPECT_TRUE(caught(run, p));
 }
 
 TEST(VectorValidation, EveryOpPasses) {

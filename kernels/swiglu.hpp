@@ -1,0 +1,62 @@
+// SwiGLU on the AIVs (KERNELS.md 1.3, 1.4 step 7, 2.3): out = silu(g) * u over rows of [g | u]
+// (half order a parameter), computed in fp32 and cast once to the output type; with V4's clamp
+// L: g = min(g, L), u = clamp(u, -L, L); with `row_weights`, each row is scaled by its routing
+// weight (V4 applies the weight before W2).
+//
+// Lowering, per AIV: rows are split evenly over the cores and processed `rows_per_tile` at a time:
+// MTE2 copies the g and u halves (strided rows) and the tile's weights into UB; the vector unit
+// casts to fp32, clamps (mins / maxs), forms silu(g) = g / (1 + exp(-g)) (muls, exp, adds, div),
+// multiplies by u, scales each row by its weight (a scalar the scalar unit loads from UB, then
+// muls), and casts to the output type; MTE3 writes the rows. `buffers` UB sets overlap copy-in,
+// compute and copy-out.
+#pragma once
+
+#include <optional>
+
+#include "kernels/kernel.hpp"
+
+namespace npusim::kernels {
+
+struct SwigluShape {
+  int64_t rows = 0, inter = 0;
+  sim::DType in = sim::DType::Bf16, out = sim::DType::Bf16;
+  std::optional<double> clamp;
+  bool gate_first = true;
+  bool row_weights = false;
+};
+
+struct SwigluTiling {
+  int64_t rows_per_tile = 1;
+  int buffers = 2;
+  int cores = 0;
+};
+
+class SwigluKernel : public Kernel {
+ public:
+  SwigluKernel(SwigluShape s, SwigluTiling t, bool is_default) : s_(s), t_(t), default_(is_default) {}
+  std::string op() const override { return "swiglu"; }
+  std::string name() const override;
+  nlohmann::json tiling_json() const override;
+  bool tiling_is_default() const override { return default_; }
+  Status can_implement(const sim::HardwareSpec& hw) const override;
+  sim::Program lower(const sim::HardwareSpec& hw, bool functional = false) const override;
+  std::vector<TensorInfo> tensors() const override;
+  Golden reference(const std::vector<std::vector<double>>& inputs) const override;
+  double flops() const override { return static_cast<double>(s_.rows) * s_.inter * (s_.clamp ? 8 : 5); }
+  double compulsory_bytes() const override;
+  double peak_flops_per_cycle(const sim::HardwareSpec& hw) const override;
+  double estimated_instructions() const override;
+
+  // UB bytes one buffer set of `rows` rows needs.
+  static int64_t ub_bytes_per_set(const SwigluShape& s, int64_t rows);
+
+ private:
+  SwigluShape s_;
+  SwigluTiling t_;
+  bool default_;
+};
+
+std::unique_ptr<Kernel> make_swiglu(const YamlNode& workload, const std::optional<YamlNode>& tiling,
+                                    const sim::HardwareSpec& hw);
+
+}  // namespace npusim::kernels
