@@ -5,6 +5,7 @@
 #include "kernels/gemm.hpp"
 #include "kernels/grouped_gemm.hpp"
 #include "kernels/swiglu.hpp"
+#include "kernels/combine.hpp"
 
 namespace npusim::kernels {
 
@@ -13,6 +14,7 @@ const std::vector<KernelEntry>& kernel_registry() {
       {"gemm", "C = A x B on the cube cores (tiling: l1, l0, swizzle, stages, cores)", make_gemm},
       {"grouped_gemm", "per-group C = A x B_g over rows per expert (group_rows or a seeded routing)", make_grouped_gemm},
       {"swiglu", "out = silu(g) * u over [g | u] rows on the AIVs (clamp, row weights; tiling: rows_per_tile, buffers, cores)", make_swiglu},
+      {"combine", "MoE finalize: residual + shared + sum of (weighted) expert rows gathered by the routing", make_combine},
       {"add", "out = x + y on the AIVs (tiling: tile_elems, buffers, cores)", make_elementwise},
       {"mul", "out = x * y on the AIVs", make_elementwise},
       {"exp", "out = exp(x) on the AIVs", make_elementwise},

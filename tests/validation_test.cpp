@@ -128,6 +128,31 @@ TEST(SwigluValidation, AKernelThatForgetsTheClampIsCaught) {
   EXPECT_TRUE(caught(run, p));
 }
 
+TEST(CombineValidation, WeightedPlainSharedAndResidualVariantsPass) {
+  for (const char* w :
+       {"{op: combine, hidden: 256, dtype: bf16, routing: {experts: 8, tokens: 12, topk: 3, seed: 4}}",
+        "{op: combine, hidden: 7168, dtype: bf16, shared: true, residual: true, routing: {experts: 256, tokens: 20, topk: 8, "
+        "distribution: zipf, seed: 4}}",
+        "{op: combine, hidden: 4096, dtype: bf16, weighted: false, shared: true, routing: {experts: 64, tokens: 9, topk: 6, seed: 1}}",
+        "{op: combine, hidden: 96, dtype: fp16, residual: true, routing: {experts: 4, tokens: 7, topk: 4, seed: 2}}",
+        "{op: combine, hidden: 512, dtype: fp32, routing: {experts: 16, tokens: 30, topk: 1, distribution: hot_expert, "
+        "hot_fraction: 1.0, seed: 2}}"})
+    expect_valid(app::execute_functional(load(std::string("hardware: ascend910b2\nworkload: ") + w + "\n")), w);
+}
+
+TEST(CombineValidation, GatheringAWrongRowIsCaught) {
+  auto run = load("hardware: ascend910b2\nworkload: {op: combine, hidden: 256, dtype: bf16, routing: {experts: 8, tokens: 12, topk: 3, seed: 4}}\n");
+  sim::Program p = run.kernel->lower(run.hw, true);
+  // Point core 0's first gather at the next row of Y.
+  for (size_t i = 0; i < p.cores[0].code.size(); ++i)
+    if (p.cores[0].code[i].op == sim::Op::Copy && p.cores[0].code[i].path == sim::Path::GmToUb) {
+      p.cores[0].code[i].gm.addr += 256 * 2;
+      p.cores[0].operands[i].src.offset += 256 * 2;
+      break;
+    }
+  EXPECT_TRUE(caught(run, p));
+}
+
 TEST(VectorValidation, EveryOpPasses) {
   for (const char* y : {"{op: add, shape: [1000, 37], dtype: fp16}", "{op: add, shape: [4097], dtype: fp32}",
                         "{op: mul, shape: [333, 77], dtype: fp16}", "{op: exp, shape: [5000], dtype: fp32}",
