@@ -249,6 +249,53 @@ uint64_t functional_bytes_limit() {
   return static_cast<uint64_t>(0.8 * phys);
 }
 
+namespace {
+
+reports::ValidationReport to_report(const kernels::Validation& v) {
+  reports::ValidationReport rv;
+  rv.passed = v.passed;
+  rv.max_abs_err = v.max_abs_err, rv.max_rel_err = v.max_rel_err, rv.cos_diff = v.cos_diff;
+  rv.mere = v.mere, rv.mare = v.mare, rv.ratio_to_same_precision = v.ratio_to_same_precision;
+  rv.elements = v.elements, rv.failed_elements = v.failed_elements, rv.nonfinite_mismatches = v.nonfinite_mismatches;
+  rv.tolerance = {{"basis", v.tol.basis}, {"exact", v.tol.exact}, {"rtol", v.tol.rtol}, {"atol", v.atol},
+                  {"atol_rms", v.tol.atol_rms}, {"cos_diff", v.tol.cos_diff}, {"mere", v.tol.mere}, {"mare", v.tol.mare}};
+  rv.failures = v.failures;
+  for (const auto& m : v.worst) rv.worst.push_back({m.index, m.row, m.col, m.device, m.golden, m.abs_err});
+  return rv;
+}
+
+}  // namespace
+
+reports::ValidationReport validate_outputs(const kernels::Kernel& k, const std::vector<std::vector<double>>& inputs,
+                                           const std::vector<uint8_t>& gm) {
+  std::vector<kernels::TensorInfo> outs;
+  std::vector<std::vector<double>> device;
+  for (const auto& t : k.tensors())
+    if (t.output) {
+      outs.push_back(t);
+      device.push_back(kernels::read_tensor(gm, t));
+    }
+  std::vector<kernels::Golden> golden = k.references(inputs, device);
+  if (golden.size() != outs.size())
+    throw InternalError(fmt::format("{} gives {} references for {} outputs", k.name(), golden.size(), outs.size()));
+  reports::ValidationReport all;
+  for (size_t i = 0; i < outs.size(); ++i) {
+    reports::ValidationReport r = to_report(
+        kernels::validate_output(device[i], golden[i], kernels::tolerance_for(outs[i].dtype), outs[i].cols));
+    if (outs.size() == 1) return r;
+    if (i == 0) {
+      all = r;
+      all.failures.clear();
+    } else if (!r.passed && all.passed) {
+      all.worst = r.worst;  // the first failing output's
+    }
+    all.passed = all.passed && r.passed;
+    for (const auto& f : r.failures) all.failures.push_back(outs[i].name + ": " + f);
+    all.outputs.emplace_back(outs[i].name, std::move(r));
+  }
+  return all;
+}
+
 RunOutput execute_functional(const LoadedRun& run, const sim::SimOptions& opt_in) {
   const uint64_t need = functional_bytes_needed(run), limit = functional_bytes_limit();
   if (need > limit)
@@ -270,30 +317,13 @@ RunOutput execute_functional(const LoadedRun& run, const sim::Program& prog, con
   sim::FunctionalMemory mem(run.hw, prog);
   const auto tensors = run.kernel->tensors();
   std::vector<std::vector<double>> inputs;
-  const kernels::TensorInfo* output = nullptr;
   for (size_t i = 0; i < tensors.size(); ++i) {
-    if (tensors[i].output) {
-      output = &tensors[i];
-      continue;
-    }
+    if (tensors[i].output) continue;
     inputs.push_back(kernels::generate_input(run.inputs, tensors[i], static_cast<int>(i)));
     kernels::write_tensor(mem.gm(), tensors[i], inputs.back());
   }
   sim::run_functional(prog, out.sim, mem);
-  std::vector<double> device = kernels::read_tensor(mem.gm(), *output);
-  kernels::Golden golden = run.kernel->reference(inputs);
-  kernels::Validation v = kernels::validate_output(device, golden, kernels::tolerance_for(output->dtype), output->cols);
-
-  reports::ValidationReport rv;
-  rv.passed = v.passed;
-  rv.max_abs_err = v.max_abs_err, rv.max_rel_err = v.max_rel_err, rv.cos_diff = v.cos_diff;
-  rv.mere = v.mere, rv.mare = v.mare, rv.ratio_to_same_precision = v.ratio_to_same_precision;
-  rv.elements = v.elements, rv.failed_elements = v.failed_elements, rv.nonfinite_mismatches = v.nonfinite_mismatches;
-  rv.tolerance = {{"basis", v.tol.basis}, {"exact", v.tol.exact}, {"rtol", v.tol.rtol}, {"atol", v.atol},
-                  {"atol_rms", v.tol.atol_rms}, {"cos_diff", v.tol.cos_diff}, {"mere", v.tol.mere}, {"mare", v.tol.mare}};
-  rv.failures = v.failures;
-  for (const auto& m : v.worst) rv.worst.push_back({m.index, m.row, m.col, m.device, m.golden, m.abs_err});
-  out.kernel.validation = rv;
+  out.kernel.validation = validate_outputs(*run.kernel, inputs, mem.gm());
   return out;
 }
 

@@ -59,10 +59,19 @@ class Kernel {
   virtual Status can_implement(const sim::HardwareSpec& hw) const = 0;
   // Per-core programs; with `functional` each work instruction also carries its operands.
   virtual sim::Program lower(const sim::HardwareSpec& hw, bool functional = false) const = 0;
-  // GM tensors in the order lower() places them: inputs first, then the output.
+  // GM tensors in the order lower() places them: inputs first, then the outputs.
   virtual std::vector<TensorInfo> tensors() const = 0;
-  // References for the output from the inputs' device values (row-major, one vector per input).
+  // References for the (first) output from the inputs' device values (row-major, one per input).
   virtual Golden reference(const std::vector<std::vector<double>>& inputs) const = 0;
+  // References for every output, in tensors() order. `device` holds the device's outputs, for
+  // kernels whose reference depends on a legitimate device choice: a top-k pick among tied scores
+  // (KERNELS.md 5.4) is accepted when tie-equivalent, and what follows from the pick (the weights
+  // of the chosen experts) is derived from the device's pick.
+  virtual std::vector<Golden> references(const std::vector<std::vector<double>>& inputs,
+                                         const std::vector<std::vector<double>>& device) const {
+    (void)device;
+    return {reference(inputs)};
+  }
   virtual double flops() const = 0;                    // arithmetic work (MACs x 2 for GEMM)
   virtual double compulsory_bytes() const = 0;         // each operand read once, output written once
   virtual double peak_flops_per_cycle(const sim::HardwareSpec& hw) const = 0;  // for "% of peak"

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -37,6 +38,10 @@ struct ValidationReport {
   nlohmann::json tolerance;
   std::vector<std::string> failures;
   std::vector<Mismatch> worst;
+  // Kernels with several outputs: one report per output tensor. The fields above are then the
+  // first output's figures, `passed` holds only when every output passes, and `failures` / `worst`
+  // gather every output's, each failure prefixed with its output's name.
+  std::vector<std::pair<std::string, ValidationReport>> outputs;
 };
 
 struct KernelReport {

@@ -17,7 +17,7 @@ nlohmann::json to_json(const ValidationReport& v) {
   for (const auto& m : v.worst)
     worst.push_back({{"index", m.index}, {"row", m.row}, {"col", m.col}, {"device", m.device}, {"golden", m.golden},
                      {"abs_err", m.abs_err}});
-  return {{"passed", v.passed},
+  nlohmann::json j = {{"passed", v.passed},
           {"max_abs_err", v.max_abs_err},
           {"max_rel_err", v.max_rel_err},
           {"cos_diff", v.cos_diff},
@@ -30,6 +30,12 @@ nlohmann::json to_json(const ValidationReport& v) {
           {"nonfinite_mismatches", v.nonfinite_mismatches},
           {"failures", v.failures},
           {"worst", worst}};
+  if (!v.outputs.empty()) {
+    nlohmann::json outs = nlohmann::json::object();
+    for (const auto& [name, o] : v.outputs) outs[name] = to_json(o);
+    j["outputs"] = outs;
+  }
+  return j;
 }
 
 std::string format_validation(const std::string& kernel, const ValidationReport& v) {
@@ -38,6 +44,7 @@ std::string format_validation(const std::string& kernel, const ValidationReport&
                                 kernel, v.passed ? "passed" : "FAILED", v.max_abs_err, v.max_rel_err, v.cos_diff, v.mere,
                                 v.mare, v.ratio_to_same_precision);
   for (const auto& f : v.failures) out += "  failed: " + f + "\n";
+
   if (!v.passed)
     for (const auto& m : v.worst)
       out += fmt::format("  [{}, {}] (flat {}): device {:.7g}, golden {:.7g}, |err| {:.3g}\n", m.row, m.col, m.index,
