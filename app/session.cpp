@@ -319,7 +319,7 @@ RunOutput execute_functional(const LoadedRun& run, const sim::Program& prog, con
   std::vector<std::vector<double>> inputs;
   for (size_t i = 0; i < tensors.size(); ++i) {
     if (tensors[i].output) continue;
-    inputs.push_back(kernels::generate_input(run.inputs, tensors[i], static_cast<int>(i)));
+    inputs.push_back(run.kernel->make_input(i, run.inputs));
     kernels::write_tensor(mem.gm(), tensors[i], inputs.back());
   }
   sim::run_functional(prog, out.sim, mem);

@@ -18,6 +18,8 @@
 
 namespace npusim::kernels {
 
+struct InputSpec;  // tensor_io.hpp
+
 // Why a tiling cannot run, and which config key to blame (dotted path, "" when none).
 struct Status {
   bool ok = true;
@@ -77,6 +79,10 @@ class Kernel {
   virtual double peak_flops_per_cycle(const sim::HardwareSpec& hw) const = 0;  // for "% of peak"
   // Instructions lower() will emit, computed without lowering (for limits checked up front).
   virtual double estimated_instructions() const = 0;
+  // Functional-run input values for tensor `index` of tensors(). The default draws them from the
+  // run's `inputs:` spec (generate_input); kernels whose inputs carry structure override it for
+  // those tensors (expert ids in [0, E), the routing the kernel was lowered for, a hash table).
+  virtual std::vector<double> make_input(size_t index, const InputSpec& spec) const;
   // Extra report keys of this kernel (e.g. the routing a grouped GEMM ran); null for none.
   virtual nlohmann::json details() const { return nullptr; }
 };

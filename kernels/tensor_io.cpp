@@ -49,6 +49,10 @@ std::vector<double> generate_input(const InputSpec& spec, const TensorInfo& t, i
   return v;
 }
 
+std::vector<double> Kernel::make_input(size_t index, const InputSpec& spec) const {
+  return generate_input(spec, tensors().at(index), static_cast<int>(index));
+}
+
 void write_tensor(std::vector<uint8_t>& gm, const TensorInfo& t, const std::vector<double>& values) {
   const num::Format f = sim::number_format(t.dtype);
   const int e = sim::dtype_bytes(t.dtype);
