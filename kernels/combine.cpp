@@ -232,6 +232,17 @@ Golden CombineKernel::reference(const std::vector<std::vector<double>>& in) cons
   return g;
 }
 
+CombineTiling default_combine_tiling(const CombineShape& s, const sim::HardwareSpec& hw) {
+  // Whole rows when their buffers fit UB twice, else the largest 32-byte-aligned chunk.
+  CombineTiling t;
+  const int64_t align = 32 / sim::dtype_bytes(s.dtype);
+  t.cols_per_tile = round_up(s.hidden, align);
+  while (t.cols_per_tile > align && 2 * CombineKernel::ub_bytes_per_set(s, t.cols_per_tile) > hw.aiv.ub_bytes)
+    t.cols_per_tile = round_up(t.cols_per_tile / 2, align);
+  t.cores = static_cast<int>(std::clamp<int64_t>(s.tokens * ceil_div(s.hidden, t.cols_per_tile), 1, hw.num_aiv));
+  return t;
+}
+
 std::unique_ptr<Kernel> make_combine(const YamlNode& w, const std::optional<YamlNode>& tiling, const sim::HardwareSpec& hw) {
   CombineShape s;
   s.hidden = w.at("hidden").as_positive_int();
@@ -243,13 +254,7 @@ std::unique_ptr<Kernel> make_combine(const YamlNode& w, const std::optional<Yaml
   RoutingSpec r = parse_routing(w.at("routing"));
   s.tokens = r.tokens, s.topk = r.topk;
   s.expert_of = draw_routing(r);
-  CombineTiling t;
-  // Default: whole rows when their buffers fit UB twice, else the largest 32-byte-aligned chunk.
-  const int64_t align = 32 / sim::dtype_bytes(s.dtype);
-  t.cols_per_tile = round_up(s.hidden, align);
-  while (t.cols_per_tile > align && 2 * CombineKernel::ub_bytes_per_set(s, t.cols_per_tile) > hw.aiv.ub_bytes)
-    t.cols_per_tile = round_up(t.cols_per_tile / 2, align);
-  t.cores = static_cast<int>(std::min<int64_t>(hw.num_aiv, s.tokens * ceil_div(s.hidden, t.cols_per_tile)));
+  CombineTiling t = default_combine_tiling(s, hw);
   if (tiling) {
     if (auto c = tiling->get("cols_per_tile")) t.cols_per_tile = c->as_positive_int();
     if (auto bu = tiling->get("buffers")) t.buffers = static_cast<int>(bu->as_positive_int());

@@ -56,6 +56,8 @@ class CombineKernel : public Kernel {
   std::vector<int32_t> inv_;
 };
 
+CombineTiling default_combine_tiling(const CombineShape& s, const sim::HardwareSpec& hw);
+
 std::unique_ptr<Kernel> make_combine(const YamlNode& workload, const std::optional<YamlNode>& tiling,
                                      const sim::HardwareSpec& hw);
 

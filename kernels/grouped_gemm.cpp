@@ -130,6 +130,19 @@ Golden GroupedGemmKernel::reference(const std::vector<std::vector<double>>& in) 
   return g;
 }
 
+GemmTiling default_grouped_gemm_tiling(const GemmShape& s, const std::vector<int64_t>& rows,
+                                      const sim::HardwareSpec& hw) {
+  // The GEMM default for the largest group (GMM tiles shrink with few tokens), on as many cores as
+  // there are blocks.
+  GemmShape biggest = s;
+  biggest.m = rows.empty() ? 1 : std::max<int64_t>(1, *std::max_element(rows.begin(), rows.end()));
+  GemmTiling t = default_gemm_tiling(biggest, hw);
+  int64_t blocks = 0;
+  for (int64_t r : rows) blocks += ceil_div(r, t.m1) * ceil_div(s.n, t.n1);
+  t.cores = static_cast<int>(std::clamp<int64_t>(blocks, 1, hw.num_aic));
+  return t;
+}
+
 std::unique_ptr<Kernel> make_grouped_gemm(const YamlNode& w, const std::optional<YamlNode>& tiling,
                                           const sim::HardwareSpec& hw) {
   GemmShape s = parse_gemm_shape(w, hw, /*with_m=*/false);
@@ -150,13 +163,7 @@ std::unique_ptr<Kernel> make_grouped_gemm(const YamlNode& w, const std::optional
   }
   const int64_t total = std::accumulate(rows.begin(), rows.end(), int64_t{0});
   if (total > (int64_t(1) << 30)) w.fail("the groups hold more than 2^30 rows in total");
-  // Default tiling: the GEMM default for the largest group (GMM tiles shrink with few tokens).
-  GemmShape biggest = s;
-  biggest.m = std::max<int64_t>(1, *std::max_element(rows.begin(), rows.end()));
-  GemmTiling t = default_gemm_tiling(biggest, hw);
-  int64_t blocks = 0;
-  for (int64_t r : rows) blocks += ceil_div(r, t.m1) * ceil_div(s.n, t.n1);
-  t.cores = static_cast<int>(std::clamp<int64_t>(blocks, 1, hw.num_aic));
+  GemmTiling t = default_grouped_gemm_tiling(s, rows, hw);
   t = parse_gemm_tiling(tiling, t, std::max<int64_t>(1, total), s.n, hw, s.in);
   return std::make_unique<GroupedGemmKernel>(s, std::move(rows), t, !tiling.has_value());
 }

@@ -41,6 +41,9 @@ class GroupedGemmKernel : public Kernel {
   bool default_;
 };
 
+GemmTiling default_grouped_gemm_tiling(const GemmShape& s, const std::vector<int64_t>& rows,
+                                      const sim::HardwareSpec& hw);
+
 std::unique_ptr<Kernel> make_grouped_gemm(const YamlNode& workload, const std::optional<YamlNode>& tiling,
                                           const sim::HardwareSpec& hw);
 

@@ -231,6 +231,15 @@ Golden SwigluKernel::reference(const std::vector<std::vector<double>>& in) const
   return g;
 }
 
+SwigluTiling default_swiglu_tiling(const SwigluShape& s, const sim::HardwareSpec& hw) {
+  // The most rows (up to 8) whose two buffer sets fit UB, on every AIV that gets a tile.
+  SwigluTiling t;
+  t.rows_per_tile = 1;
+  while (t.rows_per_tile < 8 && 2 * SwigluKernel::ub_bytes_per_set(s, t.rows_per_tile * 2) <= hw.aiv.ub_bytes) t.rows_per_tile *= 2;
+  t.cores = static_cast<int>(std::clamp<int64_t>(ceil_div(s.rows, t.rows_per_tile), 1, hw.num_aiv));
+  return t;
+}
+
 std::unique_ptr<Kernel> make_swiglu(const YamlNode& w, const std::optional<YamlNode>& tiling, const sim::HardwareSpec& hw) {
   SwigluShape s;
   s.rows = w.at("rows").as_positive_int();
@@ -244,12 +253,7 @@ std::unique_ptr<Kernel> make_swiglu(const YamlNode& w, const std::optional<YamlN
   if (auto c = w.get("clamp")) s.clamp = c->as_positive_double();
   if (auto h = w.get("halves")) s.gate_first = h->as_enum({"gate_first", "up_first"}) == "gate_first";
   if (auto rw = w.get("row_weights")) s.row_weights = rw->as_bool();
-  SwigluTiling t;
-  t.cores = hw.num_aiv;
-  // Default: the most rows (up to 8) whose two buffer sets fit UB.
-  t.rows_per_tile = 1;
-  while (t.rows_per_tile < 8 && 2 * SwigluKernel::ub_bytes_per_set(s, t.rows_per_tile * 2) <= hw.aiv.ub_bytes) t.rows_per_tile *= 2;
-  t.cores = static_cast<int>(std::min<int64_t>(hw.num_aiv, ceil_div(s.rows, t.rows_per_tile)));
+  SwigluTiling t = default_swiglu_tiling(s, hw);
   if (tiling) {
     if (auto r = tiling->get("rows_per_tile")) t.rows_per_tile = r->as_positive_int();
     if (auto bu = tiling->get("buffers")) t.buffers = static_cast<int>(bu->as_positive_int());

@@ -56,6 +56,8 @@ class SwigluKernel : public Kernel {
   bool default_;
 };
 
+SwigluTiling default_swiglu_tiling(const SwigluShape& s, const sim::HardwareSpec& hw);
+
 std::unique_ptr<Kernel> make_swiglu(const YamlNode& workload, const std::optional<YamlNode>& tiling,
                                     const sim::HardwareSpec& hw);
 
