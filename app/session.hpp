@@ -9,6 +9,7 @@
 
 #include "kernels/kernel.hpp"
 #include "kernels/tensor_io.hpp"
+#include "kernels/validation.hpp"
 #include "reports/result.hpp"
 #include "sim/engine.hpp"
 #include "sim/hardware_spec.hpp"
@@ -57,9 +58,9 @@ RunOutput execute_functional(const LoadedRun& run, const sim::SimOptions& opt = 
 // The same on a program already lowered with operands (tests use it to break programs on purpose).
 RunOutput execute_functional(const LoadedRun& run, const sim::Program& prog, const sim::SimOptions& opt = {});
 
-// Judges every output of `k` read from the GM image `gm` against its references from `inputs`.
-reports::ValidationReport validate_outputs(const kernels::Kernel& k, const std::vector<std::vector<double>>& inputs,
-                                           const std::vector<uint8_t>& gm);
+// A kernel's validation for the report; several outputs give one entry each under `outputs`.
+reports::ValidationReport to_report(const kernels::Validation& v);
+reports::ValidationReport to_report(const std::vector<kernels::OutputValidation>& outs);
 
 // Builds the report's kernel entry from a simulation.
 reports::KernelReport summarize(const sim::HardwareSpec& hw, const kernels::Kernel& k, const sim::SimResult& r);

@@ -6,6 +6,9 @@
 #include <cmath>
 #include <set>
 
+#include "common/errors.hpp"
+#include "kernels/tensor_io.hpp"
+
 namespace npusim::kernels {
 
 Tolerance tolerance_for(sim::DType out) {
@@ -127,6 +130,24 @@ bool topk_sets_agree(const std::vector<int32_t>& device, const std::vector<int32
   for (int32_t i : r)
     if (!d.count(i) && (i < 0 || std::fabs(scores[i] - rk) > delta)) return false;
   return k < 512 || static_cast<double>(common) / k >= min_overlap;
+}
+
+std::vector<OutputValidation> validate_outputs(const Kernel& k, const std::vector<std::vector<double>>& inputs,
+                                               const std::vector<uint8_t>& gm) {
+  std::vector<TensorInfo> outs;
+  std::vector<std::vector<double>> device;
+  for (const auto& t : k.tensors())
+    if (t.output) {
+      outs.push_back(t);
+      device.push_back(read_tensor(gm, t));
+    }
+  std::vector<Golden> golden = k.references(inputs, device);
+  if (golden.size() != outs.size())
+    throw InternalError(fmt::format("{} gives {} references for {} outputs", k.name(), golden.size(), outs.size()));
+  std::vector<OutputValidation> r;
+  for (size_t i = 0; i < outs.size(); ++i)
+    r.push_back({outs[i].name, validate_output(device[i], golden[i], tolerance_for(outs[i].dtype), outs[i].cols)});
+  return r;
 }
 
 }  // namespace npusim::kernels

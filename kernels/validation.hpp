@@ -44,6 +44,14 @@ struct Validation {
   std::vector<Mismatch> worst;         // up to 10, worst first (error over its bound)
 };
 
+struct OutputValidation {
+  std::string tensor;
+  Validation v;
+};
+// Reads every output of `k` from the GM image and judges it against k.references(inputs, device).
+std::vector<OutputValidation> validate_outputs(const Kernel& k, const std::vector<std::vector<double>>& inputs,
+                                               const std::vector<uint8_t>& gm);
+
 Validation validate_output(const std::vector<double>& device, const Golden& golden, const Tolerance& tol, int64_t cols);
 
 // KERNELS.md 5.4: device and reference index sets (one row each) agree when every index in their
