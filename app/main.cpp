@@ -49,9 +49,24 @@ struct RunArgs {
   bool functional = false;
 };
 
+// graph show: the operator graph of a model workload and the kernels its fusion plan makes.
+int cmd_graph_show(const RunArgs& a) {
+  for (const auto& c : a.configs) {
+    app::LoadedRun run = app::load_run(c, a.sets);
+    if (!run.graph) throw ConfigError(SourceLoc{c, 0, 0, "workload"}, "graph show needs a model workload (workload.model)");
+    fmt::print("{}{}", graphs::format_graph(run.graph->graph), graphs::format_plan(run.graph->graph, run.graph->plan));
+  }
+  return kExitOk;
+}
+
 int cmd_check(const RunArgs& a) {
   for (const auto& c : a.configs) {
     app::LoadedRun run = app::load_run(c, a.sets);
+    if (run.graph) {
+      fmt::print("{}: ok ({} on {}, {} ops in {} kernels, fusion {})\n", c, run.graph->graph.name, run.hw.name,
+                 run.graph->graph.ops.size(), run.graph->plan.groups.size(), run.graph->plan.label);
+      continue;
+    }
     fmt::print("{}: ok ({} on {}, tiling {}{})\n", c, run.kernel->name(), run.hw.name, run.kernel->tiling_json().dump(),
                run.kernel->tiling_is_default() ? " (default)" : "");
   }
@@ -81,10 +96,17 @@ int cmd_run(const RunArgs& a, const std::string& cmdline) {
     auto t_run = std::chrono::steady_clock::now();
     sim::SimOptions opt;
     opt.trace = !a.trace.empty() && i == 0;
-    app::RunOutput out = a.functional ? app::execute_functional(runs[i], opt) : app::execute(runs[i], opt);
-    if (opt.trace) trace = app::make_trace(runs[i].hw, out.sim);
     reports::RunReport rep = app::make_report(runs[i].hw, a.configs[i], cmdline);
-    rep.kernels.push_back(out.kernel);
+    if (runs[i].graph) {
+      app::GraphOutput out = app::execute_graph(runs[i], a.functional, opt);
+      if (opt.trace) trace = app::make_graph_trace(runs[i].hw, out.run);
+      rep.kernels = std::move(out.kernels);
+      rep.graph = std::move(out.graph);
+    } else {
+      app::RunOutput out = a.functional ? app::execute_functional(runs[i], opt) : app::execute(runs[i], opt);
+      if (opt.trace) trace = app::make_trace(runs[i].hw, out.sim);
+      rep.kernels.push_back(out.kernel);
+    }
     rep.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count();
     reports_out.push_back(std::move(rep));
   }
@@ -145,6 +167,10 @@ int main(int argc, char** argv) {
   add_run_opts(validate, true);
   CLI::App* check = cli.add_subcommand("check", "validate config(s) without simulating");
   add_run_opts(check, false);
+  CLI::App* graph = cli.add_subcommand("graph", "operator graphs of model workloads");
+  graph->require_subcommand(1);
+  CLI::App* graph_show = graph->add_subcommand("show", "print a config's graph (tensors, ops) and its fusion plan's kernels");
+  add_run_opts(graph_show, false);
   CLI::App* hw = cli.add_subcommand("hw", "hardware presets");
   hw->require_subcommand(1);
   hw->add_subcommand("list", "list the presets");
@@ -170,6 +196,7 @@ int main(int argc, char** argv) {
       return cmd_run(run_args, command_line(argc, argv));
     }
     if (*check) return cmd_check(run_args);
+    if (*graph_show) return cmd_graph_show(run_args);
     if (hw->got_subcommand("list")) return cmd_hw_list();
     if (hw->got_subcommand("show")) return cmd_hw_show(hw_name, hw_sets);
   } catch (const ConfigError& e) {

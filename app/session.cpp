@@ -11,6 +11,7 @@
 
 #include "common/text.hpp"
 #include "common/yaml_reader.hpp"
+#include "graphs/models.hpp"
 #include "kernels/validation.hpp"
 #include "sim/functional.hpp"
 
@@ -105,9 +106,70 @@ sim::HardwareSpec load_hardware(const std::string& name_or_path, const std::vect
   return sim::parse_hardware(doc);
 }
 
+namespace {
+
+GraphWorkload load_graph_workload(const YamlNode& w, const std::optional<YamlNode>& fusion) {
+  GraphWorkload gw;
+  YamlNode model = w.at("model");
+  const std::string name = model.as_string();
+  const bool is_file = name.find('/') != std::string::npos || name.ends_with(".yaml") || name.ends_with(".yml");
+  gw.block = w.at("block").as_enum({"moe"});
+  if (is_file) {
+    gw.tokens = w.at("tokens").as_positive_int();
+    gw.phase = w.get("phase") ? w.at("phase").as_enum({"decode", "prefill"}) : "";
+    std::string path = name;
+    if (fs::path(path).is_relative()) path = (fs::path(model.loc().file).parent_path() / path).string();
+    gw.graph = graphs::load_graph_file(path, gw.tokens);
+  } else {
+    const graphs::MoeModel& m = graphs::moe_model(name, model.loc());
+    gw.phase = w.get("phase") ? w.at("phase").as_enum({"decode", "prefill"}) : "decode";
+    gw.tokens = w.get("tokens") ? w.at("tokens").as_positive_int() : gw.phase == "decode" ? m.decode_tokens : m.prefill_tokens;
+    if (gw.tokens > (int64_t(1) << 24)) w.at("tokens").fail("more than 2^24 tokens on one device");
+    graphs::MoeBlockOptions opt;
+    opt.tokens = gw.tokens;
+    if (auto l = w.get("layer")) {
+      opt.layer = static_cast<int>(l->as_int());
+      if (opt.layer < 0 || opt.layer >= m.layers)
+        l->fail(fmt::format("{} has layers 0..{}", m.name, m.layers - 1));
+      if (opt.layer < m.dense_layers)
+        l->fail(fmt::format("layer {} of {} is a dense MLP (layers 0..{}), not MoE", opt.layer, m.name, m.dense_layers - 1));
+    }
+    if (auto s = w.get("shared")) opt.shared = s->as_bool();
+    if (auto r = w.get("residual")) opt.residual = r->as_bool();
+    gw.graph = graphs::build_moe_graph(m, opt);
+  }
+  if (auto r = w.get("routing")) {
+    auto& rc = gw.routing;
+    rc.distribution = r->at("distribution").as_enum({"from_gate", "uniform", "zipf", "hot_expert"});
+    if (auto s = r->get("s")) rc.s = s->as_positive_double();
+    if (auto h = r->get("hot_fraction")) rc.hot_fraction = h->as_fraction();
+    if (auto sd = r->get("seed")) {
+      int64_t seed = sd->as_int();
+      if (seed < 0) sd->fail("expected a seed >= 0");
+      rc.seed = static_cast<uint64_t>(seed);
+    }
+  }
+  std::vector<std::string> choice{"default"};
+  SourceLoc where{model.loc().file, 0, 0, "fusion"};
+  if (fusion) {
+    where = fusion->loc();
+    if (fusion->is_seq()) {
+      choice.clear();
+      for (size_t i = 0; i < fusion->size(); ++i) choice.push_back((*fusion)[i].as_string());
+      if (choice.empty()) fusion->fail("expected none, default or a list of fusion groups");
+    } else {
+      choice = {fusion->as_string()};
+    }
+  }
+  gw.plan = graphs::plan_fusion(gw.graph, choice, where);
+  return gw;
+}
+
+}  // namespace
+
 LoadedRun load_run(const std::string& config_file, const std::vector<std::string>& sets) {
   auto doc = YamlDoc::load(config_file);
-  const std::vector<std::string> sections{"hardware", "workload", "tiling", "inputs"};
+  const std::vector<std::string> sections{"hardware", "workload", "tiling", "inputs", "fusion"};
   for (const auto& arg : sets) {
     auto [key, value] = parse_set_arg(arg);
     std::string top = key.substr(0, key.find('.'));
@@ -147,6 +209,15 @@ LoadedRun load_run(const std::string& config_file, const std::vector<std::string
 
   YamlNode workload = root.at("workload");
   auto tiling = root.get("tiling");
+  auto fusion = root.get("fusion");
+  if (workload.has("model")) {
+    if (tiling) tiling->fail("a model workload picks each kernel's default tiling; per-kernel tilings are not supported yet");
+    run.graph = load_graph_workload(workload, fusion);
+    run.inputs = kernels::parse_inputs(root.get("inputs"));
+    doc->finish();
+    return run;
+  }
+  if (fusion) fusion->fail("fusion applies to model workloads (workload.model), not to a single kernel (workload.op)");
   run.kernel = kernels::make_kernel(workload, tiling, run.hw);
   run.inputs = kernels::parse_inputs(root.get("inputs"));
   doc->finish();
@@ -221,6 +292,36 @@ RunOutput execute(const LoadedRun& run, const sim::SimOptions& opt) {
   RunOutput out;
   out.sim = sim::simulate(run.hw, prog, opt);
   out.kernel = summarize(run.hw, *run.kernel, out.sim);
+  return out;
+}
+
+GraphOutput execute_graph(const LoadedRun& run, bool functional, const sim::SimOptions& opt) {
+  const GraphWorkload& gw = *run.graph;
+  graphs::GraphRunOptions go;
+  go.routing = gw.routing;
+  go.functional = functional;
+  go.inputs = run.inputs;
+  go.sim = opt;
+  GraphOutput out;
+  out.run = graphs::run_graph(gw.graph, gw.plan, run.hw, go);
+  auto& s = out.graph;
+  s.model = gw.graph.model, s.block = gw.block, s.phase = gw.phase, s.fusion = gw.plan.label, s.tokens = gw.tokens;
+  s.total_us = out.run.serial_us, s.launch_us = out.run.launch_us, s.critical_path_us = out.run.critical_path_us;
+  s.notes = gw.graph.notes;
+  s.routing_source = out.run.routing_source;
+  s.tokens_per_expert = out.run.tokens_per_expert;
+  s.imbalance = out.run.imbalance;
+  for (const auto& k : out.run.kernels) {
+    reports::KernelReport r = summarize(run.hw, *k.kernel, k.sim);
+    r.name = k.group.name + ": " + r.name;
+    std::vector<std::string> ops;
+    for (int o : k.group.ops) ops.push_back(gw.graph.ops[o].name);
+    if (!r.details.is_object()) r.details = nlohmann::json::object();
+    r.details["graph_ops"] = ops;
+    if (functional) r.validation = to_report(k.validation);
+    out.kernels.push_back(std::move(r));
+  }
+  for (int i : out.run.critical_path) s.critical_path.push_back(out.kernels[i].name);
   return out;
 }
 
@@ -323,6 +424,25 @@ reports::RunReport make_report(const sim::HardwareSpec& hw, const std::string& c
   r.hbm_peak_gbs = hw.hbm.peak_bw_gbs;
   for (const auto& p : sim::describe_hardware(hw)) r.hardware.push_back({p.info.name, p.info.unit, p.value});
   return r;
+}
+
+reports::Trace make_graph_trace(const sim::HardwareSpec& hw, const graphs::GraphRun& run) {
+  reports::Trace t;
+  std::map<std::pair<int, int>, uint32_t> track_of;
+  double start_us = 0;
+  for (const auto& k : run.kernels) {
+    reports::Trace kt = make_trace(hw, k.sim);
+    for (auto s : kt.slices) {
+      const auto& tr = kt.tracks[s.track];
+      auto [it, fresh] = track_of.emplace(std::pair{tr.process, tr.thread}, static_cast<uint32_t>(t.tracks.size()));
+      if (fresh) t.tracks.push_back(tr);
+      s.track = it->second;
+      s.start_us = std::round((s.start_us + start_us) * 1e3) / 1e3;
+      t.slices.push_back(std::move(s));
+    }
+    start_us += k.time_us + run.launch_us;  // the serial stream
+  }
+  return t;
 }
 
 reports::Trace make_trace(const sim::HardwareSpec& hw, const sim::SimResult& r) {

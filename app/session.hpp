@@ -4,9 +4,12 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "graphs/graph.hpp"
+#include "graphs/plan.hpp"
 #include "kernels/kernel.hpp"
 #include "kernels/tensor_io.hpp"
 #include "kernels/validation.hpp"
@@ -30,10 +33,21 @@ sim::HardwareSpec load_hardware(const std::string& name_or_path, const std::vect
 inline constexpr double kDefaultMaxInstructions = 2e8;
 double max_instructions();
 
+// A run config names either one kernel (`workload.op`) or a block of a model (`workload.model`),
+// which becomes an operator graph run under a fusion plan (`fusion:`).
+struct GraphWorkload {
+  graphs::Graph graph;
+  graphs::FusionPlan plan;
+  graphs::RoutingChoice routing;
+  std::string block, phase;
+  int64_t tokens = 0;
+};
+
 struct LoadedRun {
   std::string config_file;
   sim::HardwareSpec hw;
-  std::unique_ptr<kernels::Kernel> kernel;
+  std::unique_ptr<kernels::Kernel> kernel;  // null for a graph workload
+  std::optional<GraphWorkload> graph;
   kernels::InputSpec inputs;  // for functional runs (`inputs:` section)
 };
 
@@ -46,6 +60,14 @@ struct RunOutput {
 };
 
 RunOutput execute(const LoadedRun& run, const sim::SimOptions& opt = {});
+
+// A graph workload's run: one report entry per kernel, the graph summary and the routing.
+struct GraphOutput {
+  std::vector<reports::KernelReport> kernels;
+  reports::GraphSummary graph;
+  graphs::GraphRun run;
+};
+GraphOutput execute_graph(const LoadedRun& run, bool functional, const sim::SimOptions& opt = {});
 
 // Memory a functional run of `run` would allocate (GM image, on-chip buffers, inputs, references).
 uint64_t functional_bytes_needed(const LoadedRun& run);
@@ -71,6 +93,9 @@ reports::RunReport make_report(const sim::HardwareSpec& hw, const std::string& c
 
 // One track per core and pipe that did work.
 reports::Trace make_trace(const sim::HardwareSpec& hw, const sim::SimResult& r);
+
+// The kernels of a graph run on one timeline, in stream order with their launch gaps.
+reports::Trace make_graph_trace(const sim::HardwareSpec& hw, const graphs::GraphRun& run);
 
 std::string tool_version();
 std::string git_revision();

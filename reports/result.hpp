@@ -62,6 +62,21 @@ struct KernelReport {
   nlohmann::json details;                      // kernel-specific keys (e.g. routing), null for none
 };
 
+// A graph workload (a model block under a fusion plan): its kernels run in order on one stream.
+struct GraphSummary {
+  std::string model, block, phase, fusion;
+  int64_t tokens = 0;
+  double total_us = 0;          // kernels one after another, each with its launch overhead
+  double launch_us = 0;         // per kernel
+  double critical_path_us = 0;  // longest chain through the kernel DAG (branches overlapped)
+  std::vector<std::string> critical_path;  // kernel names along it
+  std::vector<std::string> notes;          // confidence of the model's shapes
+  // The routing the expert kernels ran (empty when the graph has no routing).
+  std::string routing_source;
+  std::vector<int64_t> tokens_per_expert;
+  double imbalance = 0;  // max / mean
+};
+
 struct HardwareParam {
   std::string name, unit, value;
 };
@@ -76,6 +91,7 @@ struct RunReport {
   double hbm_peak_gbs = 0;
   std::vector<HardwareParam> hardware;
   std::vector<KernelReport> kernels;
+  std::optional<GraphSummary> graph;
   double wall_seconds = 0;  // wall-clock: excluded from determinism checks
 };
 

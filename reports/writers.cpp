@@ -101,7 +101,7 @@ nlohmann::json to_json(const RunReport& r) {
     if (k.details.is_object()) kj.update(k.details);
     kernels.push_back(kj);
   }
-  return {
+  nlohmann::json out = {
       {"schema_version", kSchemaVersion},
       {"tool_version", r.tool_version},
       {"git_revision", r.git_revision},
@@ -113,21 +113,44 @@ nlohmann::json to_json(const RunReport& r) {
       {"kernels", kernels},
       {"wall_clock", {{"seconds", r.wall_seconds}}},
   };
+  if (r.graph) {
+    const GraphSummary& g = *r.graph;
+    out["graph"] = {{"model", g.model},       {"block", g.block},
+                    {"phase", g.phase},       {"tokens", g.tokens},
+                    {"fusion", g.fusion},     {"kernels", r.kernels.size()},
+                    {"total_us", g.total_us}, {"launch_us", g.launch_us},
+                    {"critical_path_us", g.critical_path_us}, {"critical_path", g.critical_path},
+                    {"notes", g.notes}};
+    if (!g.tokens_per_expert.empty())
+      out["routing"] = {{"source", g.routing_source}, {"tokens_per_expert", g.tokens_per_expert},
+                        {"imbalance", g.imbalance}};
+  }
+  return out;
 }
 
 std::string format_table(const std::vector<RunReport>& runs) {
-  std::string out = fmt::format("{:<30} {:<16} {:>10} {:>7} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>8} {:>5}\n",
+  std::string out = fmt::format("{:<40} {:<16} {:>10} {:>7} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>8} {:>5}\n",
                                 "kernel", "hardware", "time us", "TFLOPS", "%peak", "cube", "vec", "mte1", "mte2",
                                 "mte3", "fixp", "HBM GB/s", "L2hit");
   auto pct = [](double f) { return fmt::format("{:.0f}", 100 * f); };
-  for (const auto& r : runs)
+  for (const auto& r : runs) {
     for (const auto& k : r.kernels) {
       const auto& u = k.utilization;
-      out += fmt::format("{:<30} {:<16} {:>10.2f} {:>7.1f} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>8.0f} {:>5}\n",
-                         k.name.size() > 30 ? k.name.substr(0, 30) : k.name, r.hardware_name, k.time_us, k.tflops,
+      out += fmt::format("{:<40} {:<16} {:>10.2f} {:>7.1f} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>8.0f} {:>5}\n",
+                         k.name.size() > 40 ? k.name.substr(0, 40) : k.name, r.hardware_name, k.time_us, k.tflops,
                          pct(k.peak_fraction), pct(u.cube), pct(u.vector), pct(u.mte1), pct(u.mte2), pct(u.mte3),
                          pct(u.fixpipe), u.hbm_bw * r.hbm_peak_gbs, pct(k.bytes.l2_hit_rate));
     }
+    if (r.graph) {
+      const GraphSummary& g = *r.graph;
+      out += fmt::format("= {} {} {} T={} fusion {}: {} kernels, {:.2f} us with launches ({:.2f} us each), "
+                         "critical path {:.2f} us",
+                         g.model, g.block, g.phase, g.tokens, g.fusion, r.kernels.size(), g.total_us, g.launch_us,
+                         g.critical_path_us);
+      if (!g.tokens_per_expert.empty()) out += fmt::format(", routing {} imbalance {:.2f}", g.routing_source, g.imbalance);
+      out += "\n";
+    }
+  }
   out += "%peak: of the cube (GEMM) or vector (AIV ops) peak; pipe columns: % of kernel time averaged over all cores\n";
   return out;
 }

@@ -1,0 +1,372 @@
+#include "graphs/graph.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <set>
+
+#include "common/text.hpp"
+#include "common/yaml_reader.hpp"
+
+namespace npusim::graphs {
+
+int64_t TensorDesc::elements() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+const TensorDesc& Graph::tensor(const std::string& name) const {
+  for (const auto& t : tensors)
+    if (t.name == name) return t;
+  throw InternalError("graph " + this->name + " has no tensor " + name);
+}
+
+bool Graph::has_tensor(const std::string& name) const {
+  for (const auto& t : tensors)
+    if (t.name == name) return true;
+  return false;
+}
+
+int Graph::producer(const std::string& tensor) const {
+  for (size_t i = 0; i < ops.size(); ++i)
+    for (const auto& [role, t] : ops[i].outputs)
+      if (t == tensor) return static_cast<int>(i);
+  return -1;
+}
+
+std::string shape_string(const std::vector<int64_t>& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
+
+const std::vector<OpKindSpec>& op_kinds() {
+  using J = nlohmann::json;
+  static const std::vector<OpKindSpec> kKinds{
+      {"gemm", "C = A x B on the cube cores", {{"a"}, {"b"}}, {{"c"}}, {}},
+      {"gating_score", "router scores from logits", {{"logits"}}, {{"scores"}},
+       {{"score", "sigmoid|softmax|sqrtsoftplus", J("sigmoid")}}},
+      {"topk", "stable top-k of the (biased) scores, optionally group-limited; gathers the unbiased scores",
+       {{"scores"}, {"bias", true}}, {{"ids"}, {"weights"}},
+       {{"groups", "int", J(1)}, {"topk_groups", "int", J(1)}, {"group_select", "top2sum|max", J("top2sum")}}},
+      {"hash_topk", "experts from a token-id table (V4's first layers); gathers the unbiased scores",
+       {{"scores"}, {"input_ids"}, {"tid2eid"}}, {{"ids"}, {"weights"}}, {}},
+      {"normalize", "routing weights: divide by the sum + eps (renormalize), times route_scale", {{"weights"}},
+       {{"weights"}},
+       {{"renormalize", "bool", J(true)}, {"eps", "double", J(1e-20)}, {"route_scale", "double", J(1.0)}}},
+      {"routing_sort", "stable sort of the flat entries by expert: expanded row index and tokens per expert",
+       {{"ids"}}, {{"row_idx"}, {"expert_tokens"}}, {}},
+      {"permute", "gathers token rows (and their weights) into expert order", {{"x"}, {"row_idx"}, {"weights", true}},
+       {{"rows"}, {"row_weights", true}}, {}},
+      {"grouped_gemm", "per-expert C = A x B_e over the rows of each expert", {{"a"}, {"b"}, {"expert_tokens"}},
+       {{"c"}}, {}},
+      {"swiglu", "silu(gate) * up, optional clamp and per-row weights", {{"h"}, {"row_weights", true}}, {{"a"}},
+       {{"clamp", "double", J(nullptr)}, {"halves", "gate_first|up_first", J("gate_first")}}},
+      {"combine", "out = residual + shared + sum_j w_j * y[row_idx[t K + j]]",
+       {{"y"}, {"row_idx"}, {"weights", true}, {"residual", true}, {"shared", true}}, {{"out"}}, {}},
+  };
+  return kKinds;
+}
+
+const OpKindSpec& op_kind(const std::string& kind) {
+  for (const auto& k : op_kinds())
+    if (k.kind == kind) return k;
+  throw InternalError("unknown op kind " + kind);
+}
+
+namespace {
+
+// Shape rules of each kind. `in`/`out` give a port's tensor (nullptr for an unset optional port).
+class ShapeCheck {
+ public:
+  ShapeCheck(const Graph& g, const OpNode& op) : g_(g), op_(op) {}
+
+  const TensorDesc* in(const std::string& role) const { return port(op_.inputs, role); }
+  const TensorDesc* out(const std::string& role) const { return port(op_.outputs, role); }
+
+  // The port's tensor must have `rank` dimensions; returns its shape.
+  const std::vector<int64_t>& rank(const TensorDesc* t, size_t rank) const {
+    if (t->shape.size() != rank)
+      fail(fmt::format("{} {} has {} dimensions, expected {}", t->name, shape_string(t->shape), t->shape.size(), rank));
+    return t->shape;
+  }
+  void dtype(const TensorDesc* t, sim::DType want) const {
+    if (t && t->dtype != want)
+      fail(fmt::format("{} is {}, expected {}", t->name, sim::dtype_name(t->dtype), sim::dtype_name(want)));
+  }
+  void equal(int64_t a, int64_t b, const std::string& what) const {
+    if (a != b) fail(fmt::format("shapes do not chain: {} ({} vs {})", what, a, b));
+  }
+  [[noreturn]] void fail(const std::string& what) const {
+    throw ConfigError(op_.loc, fmt::format("op {} ({}): {}", op_.name, op_.kind, what));
+  }
+
+ private:
+  const TensorDesc* port(const std::map<std::string, std::string>& ports, const std::string& role) const {
+    auto it = ports.find(role);
+    return it == ports.end() ? nullptr : &g_.tensor(it->second);
+  }
+  const Graph& g_;
+  const OpNode& op_;
+};
+
+void check_shapes(const Graph& g, const OpNode& op) {
+  ShapeCheck c(g, op);
+  const std::string& k = op.kind;
+  if (k == "gemm") {
+    auto& a = c.rank(c.in("a"), 2);
+    auto& b = c.rank(c.in("b"), 2);
+    auto& o = c.rank(c.out("c"), 2);
+    c.equal(a[1], b[0], "a's columns and b's rows");
+    c.equal(o[0], a[0], "c's rows and a's rows");
+    c.equal(o[1], b[1], "c's columns and b's columns");
+  } else if (k == "gating_score") {
+    auto& l = c.rank(c.in("logits"), 2);
+    auto& s = c.rank(c.out("scores"), 2);
+    c.equal(l[0], s[0], "tokens of logits and scores");
+    c.equal(l[1], s[1], "experts of logits and scores");
+    c.dtype(c.in("logits"), sim::DType::Fp32);
+    c.dtype(c.out("scores"), sim::DType::Fp32);
+  } else if (k == "topk" || k == "hash_topk") {
+    auto& s = c.rank(c.in("scores"), 2);
+    auto& ids = c.rank(c.out("ids"), 2);
+    auto& w = c.rank(c.out("weights"), 2);
+    c.equal(ids[0], s[0], "tokens of ids and scores");
+    c.equal(w[0], s[0], "tokens of weights and scores");
+    c.equal(w[1], ids[1], "top-k of weights and ids");
+    c.dtype(c.in("scores"), sim::DType::Fp32);
+    c.dtype(c.out("ids"), sim::DType::Int32);
+    c.dtype(c.out("weights"), sim::DType::Fp32);
+    const int64_t experts = s[1], topk = ids[1];
+    if (k == "topk") {
+      if (const TensorDesc* b = c.in("bias")) {
+        c.equal(c.rank(b, 1)[0], experts, "bias length and experts");
+        c.dtype(b, sim::DType::Fp32);
+      }
+      const int64_t groups = op.attrs["groups"], topk_groups = op.attrs["topk_groups"];
+      if (groups < 1 || experts % groups != 0)
+        c.fail(fmt::format("groups = {} must divide the {} experts", groups, experts));
+      if (topk_groups < 1 || topk_groups > groups)
+        c.fail(fmt::format("topk_groups = {} must be in [1, groups = {}]", topk_groups, groups));
+      if (topk < 1 || topk > topk_groups * (experts / groups))
+        c.fail(fmt::format("top-k {} is larger than the {} experts available ({} of {} groups of {})", topk,
+                           topk_groups * (experts / groups), topk_groups, groups, experts / groups));
+    } else {
+      c.equal(c.rank(c.in("input_ids"), 1)[0], s[0], "input_ids and tokens");
+      c.equal(c.rank(c.in("tid2eid"), 2)[1], topk, "tid2eid's columns and top-k");
+      c.dtype(c.in("input_ids"), sim::DType::Int32);
+      c.dtype(c.in("tid2eid"), sim::DType::Int32);
+      if (topk > experts) c.fail(fmt::format("top-k {} is larger than the {} experts", topk, experts));
+    }
+  } else if (k == "normalize") {
+    auto& a = c.rank(c.in("weights"), 2);
+    auto& b = c.rank(c.out("weights"), 2);
+    c.equal(a[0], b[0], "tokens");
+    c.equal(a[1], b[1], "top-k");
+  } else if (k == "routing_sort") {
+    auto& ids = c.rank(c.in("ids"), 2);
+    c.equal(c.rank(c.out("row_idx"), 1)[0], ids[0] * ids[1], "row_idx length and tokens x top-k");
+    c.rank(c.out("expert_tokens"), 1);
+    c.dtype(c.in("ids"), sim::DType::Int32);
+    c.dtype(c.out("row_idx"), sim::DType::Int32);
+    c.dtype(c.out("expert_tokens"), sim::DType::Int32);
+  } else if (k == "permute") {
+    auto& x = c.rank(c.in("x"), 2);
+    const int64_t flat = c.rank(c.in("row_idx"), 1)[0];
+    auto& rows = c.rank(c.out("rows"), 2);
+    c.equal(rows[0], flat, "permuted rows and row_idx length");
+    c.equal(rows[1], x[1], "hidden of x and the permuted rows");
+    if (flat % x[0] != 0) c.fail(fmt::format("row_idx length {} is not a multiple of the {} tokens", flat, x[0]));
+    if (const TensorDesc* w = c.in("weights")) {
+      c.equal(c.rank(w, 2)[0] * w->shape[1], flat, "weights' entries and row_idx length");
+      if (!c.out("row_weights")) c.fail("weights given but no row_weights output");
+      c.equal(c.rank(c.out("row_weights"), 1)[0], flat, "row_weights length and row_idx length");
+    }
+  } else if (k == "grouped_gemm") {
+    auto& a = c.rank(c.in("a"), 2);
+    auto& b = c.rank(c.in("b"), 3);
+    auto& o = c.rank(c.out("c"), 2);
+    c.equal(a[1], b[1], "a's columns and each expert weight's rows");
+    c.equal(o[0], a[0], "c's rows and a's rows");
+    c.equal(o[1], b[2], "c's columns and each expert weight's columns");
+    c.equal(c.rank(c.in("expert_tokens"), 1)[0], b[0], "expert_tokens length and the experts of b");
+  } else if (k == "swiglu") {
+    auto& h = c.rank(c.in("h"), 2);
+    auto& a = c.rank(c.out("a"), 2);
+    c.equal(a[0], h[0], "rows of h and a");
+    c.equal(h[1], 2 * a[1], "h's columns and twice a's columns ([gate | up])");
+    if (const TensorDesc* w = c.in("row_weights")) c.equal(c.rank(w, 1)[0], h[0], "row_weights length and rows");
+  } else if (k == "combine") {
+    auto& y = c.rank(c.in("y"), 2);
+    auto& o = c.rank(c.out("out"), 2);
+    const int64_t flat = c.rank(c.in("row_idx"), 1)[0];
+    c.equal(o[1], y[1], "hidden of y and out");
+    if (flat % o[0] != 0) c.fail(fmt::format("row_idx length {} is not a multiple of the {} tokens", flat, o[0]));
+    if (y[0] < flat) c.fail(fmt::format("y has {} rows, fewer than the {} routed entries", y[0], flat));
+    if (const TensorDesc* w = c.in("weights")) c.equal(c.rank(w, 2)[0] * w->shape[1], flat, "weights' entries and row_idx length");
+    for (const char* r : {"residual", "shared"})
+      if (const TensorDesc* t = c.in(r)) {
+        c.equal(c.rank(t, 2)[0], o[0], std::string(r) + " rows and tokens");
+        c.equal(t->shape[1], o[1], std::string(r) + " columns and hidden");
+      }
+  }
+}
+
+}  // namespace
+
+void check_graph(const Graph& g) {
+  std::set<std::string> names, written, op_names;
+  for (const auto& t : g.tensors) {
+    if (!names.insert(t.name).second) throw ConfigError(t.loc, "tensor " + t.name + " is declared twice");
+    for (int64_t d : t.shape)
+      if (d <= 0) throw ConfigError(t.loc, fmt::format("tensor {} has shape {}: dimensions must be > 0", t.name, shape_string(t.shape)));
+  }
+  for (const auto& op : g.ops) {
+    if (!op_names.insert(op.name).second) throw ConfigError(op.loc, "op name " + op.name + " is used twice");
+    const OpKindSpec& spec = op_kind(op.kind);
+    auto check_ports = [&](const std::map<std::string, std::string>& ports, const std::vector<PortSpec>& want,
+                           const char* dir) {
+      for (const auto& [role, t] : ports) {
+        bool known = false;
+        for (const auto& p : want) known = known || p.role == role;
+        if (!known) {
+          std::vector<std::string> roles;
+          for (const auto& p : want) roles.push_back(p.role);
+          throw ConfigError(op.loc, fmt::format("op {} ({}) has no {} port '{}'{} (ports: {})", op.name, op.kind, dir, role,
+                                                did_you_mean(role, roles), fmt::join(roles, ", ")));
+        }
+        if (!names.count(t)) throw ConfigError(op.loc, fmt::format("op {}: tensor '{}' is not declared", op.name, t));
+      }
+      for (const auto& p : want)
+        if (!p.optional && !ports.count(p.role))
+          throw ConfigError(op.loc, fmt::format("op {} ({}) needs its {} port '{}'", op.name, op.kind, dir, p.role));
+    };
+    check_ports(op.inputs, spec.inputs, "input");
+    check_ports(op.outputs, spec.outputs, "output");
+    for (const auto& [role, t] : op.inputs)
+      if (g.producer(t) >= 0 && !written.count(t))
+        throw ConfigError(op.loc, fmt::format("op {} reads {} before the op writing it (list ops in dependency order)", op.name, t));
+    for (const auto& [role, t] : op.outputs)
+      if (!written.insert(t).second) throw ConfigError(op.loc, fmt::format("tensor {} is written by two ops", t));
+    check_shapes(g, op);
+  }
+}
+
+namespace {
+
+std::vector<int64_t> parse_shape(const YamlNode& n, const std::map<std::string, int64_t>& dims) {
+  if (!n.is_seq()) n.fail("expected a shape: a list of sizes or dimension names (e.g. [T, D] or [T*K, 4096])");
+  std::vector<int64_t> shape;
+  for (size_t i = 0; i < n.size(); ++i) {
+    YamlNode d = n[i];
+    std::string text = d.as_string();
+    int64_t v = 1;
+    size_t pos = 0;
+    while (pos <= text.size()) {  // a product of integers and dimension names
+      size_t star = text.find('*', pos);
+      std::string f = text.substr(pos, star == std::string::npos ? std::string::npos : star - pos);
+      f.erase(0, f.find_first_not_of(' '));
+      f.erase(f.find_last_not_of(' ') + 1);
+      if (!f.empty() && std::all_of(f.begin(), f.end(), ::isdigit)) {
+        v *= std::stoll(f);
+      } else if (auto it = dims.find(f); it != dims.end()) {
+        v *= it->second;
+      } else {
+        std::vector<std::string> names;
+        for (const auto& [k, x] : dims) names.push_back(k);
+        d.fail(fmt::format("unknown dimension '{}'{} (dims: {})", f, did_you_mean(f, names), fmt::join(names, ", ")));
+      }
+      if (star == std::string::npos) break;
+      pos = star + 1;
+    }
+    if (v <= 0) d.fail("dimensions must be > 0");
+    shape.push_back(v);
+  }
+  return shape;
+}
+
+nlohmann::json parse_attr(const YamlNode& n, const AttrSpec& a) {
+  if (a.type == "int") return n.as_int();
+  if (a.type == "double") return n.as_double();
+  if (a.type == "bool") return n.as_bool();
+  std::vector<std::string> choices;
+  for (size_t pos = 0; pos <= a.type.size();) {
+    size_t bar = a.type.find('|', pos);
+    choices.push_back(a.type.substr(pos, bar == std::string::npos ? std::string::npos : bar - pos));
+    if (bar == std::string::npos) break;
+    pos = bar + 1;
+  }
+  return n.as_enum(choices);
+}
+
+}  // namespace
+
+Graph load_graph_file(const std::string& file, int64_t tokens) {
+  auto doc = YamlDoc::load(file);
+  YamlNode root = doc->root();
+  Graph g;
+  g.model = file;
+  g.name = root.at("graph").as_string();
+  std::map<std::string, int64_t> dims{{"tokens", tokens}};
+  if (auto d = root.get("dims"))
+    for (const auto& key : d->keys()) {
+      YamlNode v = d->at(key);
+      dims[key] = v.as_string() == "tokens" ? tokens : v.as_positive_int();
+    }
+  YamlNode ts = root.at("tensors");
+  for (const auto& name : ts.keys()) {
+    YamlNode t = ts.at(name);
+    TensorDesc td;
+    td.name = name;
+    td.loc = t.loc();
+    td.shape = parse_shape(t.at("shape"), dims);
+    td.dtype = *sim::dtype_from_name(t.at("dtype").as_enum({"fp16", "bf16", "fp32", "int32", "int8"}));
+    g.tensors.push_back(std::move(td));
+  }
+  YamlNode ops = root.at("ops");
+  if (!ops.is_seq()) ops.fail("expected a list of ops");
+  for (size_t i = 0; i < ops.size(); ++i) {
+    YamlNode o = ops[i];
+    OpNode op;
+    op.loc = o.loc();
+    op.name = o.at("name").as_string();
+    std::vector<std::string> kinds;
+    for (const auto& k : op_kinds()) kinds.push_back(k.kind);
+    op.kind = o.at("op").as_enum(kinds);
+    const OpKindSpec& spec = op_kind(op.kind);
+    for (auto [key, ports] : {std::pair{"in", &op.inputs}, std::pair{"out", &op.outputs}}) {
+      YamlNode p = o.at(key);
+      for (const auto& role : p.keys()) (*ports)[role] = p.at(role).as_string();
+    }
+    std::optional<YamlNode> attrs = o.get("attrs");
+    for (const auto& a : spec.attrs) {
+      std::optional<YamlNode> v = attrs ? attrs->get(a.name) : std::nullopt;
+      op.attrs[a.name] = v ? parse_attr(*v, a) : a.default_value;
+    }
+    g.ops.push_back(std::move(op));
+  }
+  if (auto notes = root.get("notes"))
+    for (size_t i = 0; i < notes->size(); ++i) g.notes.push_back((*notes)[i].as_string());
+  doc->finish();
+  check_graph(g);
+  return g;
+}
+
+std::string format_graph(const Graph& g) {
+  std::string out = fmt::format("graph {} ({} tensors, {} ops)\n", g.name, g.tensors.size(), g.ops.size());
+  for (const auto& n : g.notes) out += "  note: " + n + "\n";
+  out += "tensors:\n";
+  for (const auto& t : g.tensors)
+    out += fmt::format("  {:<16} {:<22} {:<5} {}\n", t.name, shape_string(t.shape), sim::dtype_name(t.dtype),
+                       g.producer(t.name) < 0 ? "input" : "");
+  out += "ops:\n";
+  for (const auto& op : g.ops) {
+    std::vector<std::string> ins, outs;
+    for (const auto& [r, t] : op.inputs) ins.push_back(r + "=" + t);
+    for (const auto& [r, t] : op.outputs) outs.push_back(r + "=" + t);
+    std::string attrs;
+    for (const auto& [k, v] : op.attrs.items())
+      if (!v.is_null()) attrs += fmt::format(" {}={}", k, v.dump());
+    out += fmt::format("  {:<12} {:<13} {} -> {}{}\n", op.name, op.kind, fmt::join(ins, " "), fmt::join(outs, " "), attrs);
+  }
+  return out;
+}
+
+}  // namespace npusim::graphs
