@@ -12,6 +12,7 @@
 #include "kernels/combine.hpp"
 #include "kernels/gemm.hpp"
 #include "kernels/grouped_gemm.hpp"
+#include "kernels/permute.hpp"
 #include "kernels/rng.hpp"
 #include "kernels/routing.hpp"
 #include "kernels/swiglu.hpp"
@@ -253,6 +254,17 @@ Built Executor::build_single(const OpNode& op) {
     for (const char* r : {"weights", "shared", "residual"})
       if (has(op, r)) b.bind.push_back({op.inputs.at(r), 0});
     b.bind.push_back({o.name, 0});
+  } else if (k == "permute") {
+    const TensorDesc &x = port(op, "x"), &rows = port(op, "rows", true);
+    PermuteShape s;
+    s.tokens = x.shape[0], s.hidden = x.shape[1], s.topk = rows.shape[0] / x.shape[0], s.dtype = x.dtype;
+    s.weights = has(op, "weights");
+    s.expert_of = routing();
+    b.kernel = std::make_unique<PermuteKernel>(s, default_permute_tiling(s, hw_), true);
+    b.bind.push_back({x.name, 0});
+    if (s.weights) b.bind.push_back({op.inputs.at("weights"), 0});
+    b.bind.push_back({rows.name, 0});
+    if (s.weights) b.bind.push_back({op.outputs.at("row_weights"), 0});
   } else {
     throw ConfigError(op.loc, fmt::format("op {} ({}): no kernel runs this op kind yet", op.name, op.kind));
   }
