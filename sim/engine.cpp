@@ -676,6 +676,8 @@ void check_program(const HardwareSpec& hw, const Program& prog) {
         case Op::Vector:
           if (!(hw.aiv.vec_rate[static_cast<int>(ins.vop)][static_cast<int>(ins.dtype)] > 0))
             bad(fmt::format("the vector unit has no rate for {} on {}", vec_op_name(ins.vop), dtype_name(ins.dtype)));
+          if (ins.vop == VecOp::Sort32 && ins.m % 32)
+            bad(fmt::format("sort32 sorts whole blocks of 32 pairs; {} is not a multiple of 32", ins.m));
           break;
         case Op::SetFlag:
         case Op::WaitFlag:

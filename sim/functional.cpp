@@ -98,6 +98,14 @@ class Replay {
   void read_values(uint32_t unit, Buffer b, const TileRef& t, uint32_t rows, uint32_t cols, std::vector<T>& out);
   template <typename T>
   void write_values(uint32_t unit, Buffer b, const TileRef& t, uint32_t rows, uint32_t cols, const T* in);
+  // The structured vector ops (program.hpp, Operands): sorts, reductions, index moves, scans.
+  void start_structured(const WorkRecord& w, const Instr& ins, const Operands& o, Staged& s);
+  void finish_structured(const WorkRecord& w, const Instr& ins, const Operands& o, Staged& s);
+  uint8_t* ub(uint32_t unit, uint64_t offset, uint64_t bytes) {
+    return mem_.buffer(unit, Buffer::Ub, offset, offset + bytes);
+  }
+  void read_indices(const WorkRecord& w, const TileRef& t, uint32_t n, std::vector<double>& out);
+  [[noreturn]] void bad_operand(const WorkRecord& w, const std::string& why) const;
 
   const Program& prog_;
   FunctionalMemory& mem_;
@@ -224,6 +232,10 @@ void Replay::start(const WorkRecord& w, Staged& s) {
       }
       break;
     case Op::Vector:
+      if (vec_op_structured(ins.vop)) {
+        start_structured(w, ins, o, s);
+        break;
+      }
       if (vec_op_sources(ins.vop) >= 1) read_values(w.unit, Buffer::Ub, o.src, 1, ins.m, s.d0);
       if (vec_op_sources(ins.vop) == 2) {
         read_values(w.unit, Buffer::Ub, o.src2, 1, ins.m, s.d1);
@@ -273,6 +285,10 @@ void Replay::finish(const WorkRecord& w, Staged& s) {
       break;
     }
     case Op::Vector: {
+      if (vec_op_structured(ins.vop)) {
+        finish_structured(w, ins, o, s);
+        break;
+      }
       const size_t n = ins.m;
       std::vector<double> out(n);
       const num::Format f = number_format(ins.dtype);
@@ -287,6 +303,157 @@ void Replay::finish(const WorkRecord& w, Staged& s) {
     }
     default:
       break;
+  }
+}
+
+// One sort element as the sort instructions store it.
+struct SortPair {
+  float key;
+  uint32_t index;
+};
+static_assert(sizeof(SortPair) == kSortPairBytes);
+
+// Descending by key; NaN keys after every other key (-inf included). Equal keys (and -0 / +0) are
+// equivalent, so a stable sort keeps them in input order.
+inline bool sorts_before(const SortPair& a, const SortPair& b) {
+  return !std::isnan(a.key) && (std::isnan(b.key) || a.key > b.key);
+}
+
+void Replay::bad_operand(const WorkRecord& w, const std::string& why) const {
+  const CoreProgram& cp = prog_.cores[w.unit];
+  const Instr& ins = cp.code[w.pc];
+  throw SimError(fmt::format("program '{}': {}{} instruction #{} 'vector {} {} x{}': {}", prog_.name,
+                             core_kind_name(cp.kind), cp.index, w.pc, vec_op_name(ins.vop), dtype_name(ins.dtype), ins.m,
+                             why));
+}
+
+void Replay::read_indices(const WorkRecord& w, const TileRef& t, uint32_t n, std::vector<double>& out) {
+  if (t.dtype != DType::Int32) bad_operand(w, fmt::format("indices must be int32, found {}", dtype_name(t.dtype)));
+  read_values(w.unit, Buffer::Ub, t, 1, n, out);
+}
+
+void Replay::start_structured(const WorkRecord& w, const Instr& ins, const Operands& o, Staged& s) {
+  const uint32_t m = ins.m;
+  switch (ins.vop) {
+    case VecOp::ReduceSum: case VecOp::ReduceMax: case VecOp::Histogram: case VecOp::Cumsum:
+      read_values(w.unit, Buffer::Ub, o.src, 1, m, s.d0);
+      break;
+    case VecOp::Sort32:
+      // Keys, then indices, as raw words: the index is carried, never interpreted.
+      if (o.src.dtype != DType::Fp32 || o.src2.dtype != DType::Int32) bad_operand(w, "sort32 takes fp32 keys and int32 indices");
+      s.raw.resize(static_cast<size_t>(m) * kSortPairBytes);
+      std::memcpy(s.raw.data(), ub(w.unit, o.src.offset, 4ull * m), 4ull * m);
+      std::memcpy(s.raw.data() + 4ull * m, ub(w.unit, o.src2.offset, 4ull * m), 4ull * m);
+      break;
+    case VecOp::MrgSort: case VecOp::Extract: {
+      const uint64_t bytes = static_cast<uint64_t>(m) * kSortPairBytes;
+      if (ins.vop == VecOp::MrgSort && o.src.offset < o.dst.offset + bytes && o.dst.offset < o.src.offset + bytes)
+        bad_operand(w, "mrgsort source and destination overlap");
+      const uint8_t* p = ub(w.unit, o.src.offset, bytes);
+      s.raw.assign(p, p + bytes);
+      break;
+    }
+    case VecOp::Gather: case VecOp::Scatter: {
+      // A gather reads the whole region its indices may address: its footprint does not depend on data.
+      if (o.src.dtype != o.dst.dtype) bad_operand(w, "source and destination dtypes differ (the op moves elements)");
+      const uint32_t n = ins.vop == VecOp::Gather && o.cols ? o.cols : m;
+      const uint64_t bytes = static_cast<uint64_t>(n) * dtype_bytes(o.src.dtype);
+      const uint8_t* p = ub(w.unit, o.src.offset, bytes);
+      s.raw.assign(p, p + bytes);
+      read_indices(w, o.src2, m, s.d1);
+      break;
+    }
+    default:  // arange reads nothing
+      break;
+  }
+}
+
+void Replay::finish_structured(const WorkRecord& w, const Instr& ins, const Operands& o, Staged& s) {
+  const uint32_t m = ins.m;
+  const num::Format f = number_format(ins.dtype);
+  std::vector<double> out;
+  switch (ins.vop) {
+    case VecOp::ReduceSum: case VecOp::ReduceMax: {
+      const uint32_t seg = o.cols ? o.cols : m;
+      if (m % seg) bad_operand(w, fmt::format("{} elements are not a whole number of {}-element segments", m, seg));
+      out.resize(m / seg);
+      for (uint32_t i = 0; i < m / seg; ++i) {
+        const double* x = s.d0.data() + static_cast<size_t>(i) * seg;
+        double acc = x[0];
+        for (uint32_t j = 1; j < seg; ++j)
+          acc = ins.vop == VecOp::ReduceSum ? acc + x[j] : (std::isnan(acc) || std::isnan(x[j]) ? NAN : std::max(acc, x[j]));
+        out[i] = num::round_to(f, acc);
+      }
+      write_values(w.unit, Buffer::Ub, o.dst, 1, static_cast<uint32_t>(out.size()), out.data());
+      break;
+    }
+    case VecOp::Cumsum: {
+      out.resize(m);
+      double acc = 0;
+      for (uint32_t i = 0; i < m; ++i) out[i] = num::round_to(f, acc += s.d0[i]);
+      write_values(w.unit, Buffer::Ub, o.dst, 1, m, out.data());
+      break;
+    }
+    case VecOp::Arange:
+      out.resize(m);
+      for (uint32_t i = 0; i < m; ++i) out[i] = num::round_to(f, o.scalar + i);
+      write_values(w.unit, Buffer::Ub, o.dst, 1, m, out.data());
+      break;
+    case VecOp::Histogram:
+      if (o.cols == 0) bad_operand(w, "histogram needs cols > 0 bins");
+      out.assign(o.cols, 0.0);
+      for (double v : s.d0)
+        if (v >= 0 && v < o.cols) out[static_cast<size_t>(v)] += 1;
+      write_values(w.unit, Buffer::Ub, o.dst, 1, o.cols, out.data());
+      break;
+    case VecOp::Sort32: case VecOp::MrgSort: {
+      std::vector<SortPair> pairs(m);
+      if (ins.vop == VecOp::Sort32) {
+        for (uint32_t i = 0; i < m; ++i) {
+          std::memcpy(&pairs[i].key, s.raw.data() + 4ull * i, 4);
+          std::memcpy(&pairs[i].index, s.raw.data() + 4ull * (m + i), 4);
+        }
+      } else {
+        std::memcpy(pairs.data(), s.raw.data(), s.raw.size());
+      }
+      // Sort32 sorts blocks of 32; MrgSort chunks of `cols` inside rows of `rows` pairs.
+      const uint32_t row = ins.vop == VecOp::Sort32 ? 32 : (o.rows ? o.rows : m);
+      const uint32_t chunk = ins.vop == VecOp::Sort32 ? 32 : (o.cols ? o.cols : row);
+      for (uint32_t r0 = 0; r0 < m; r0 += row)
+        for (uint32_t c0 = r0; c0 < std::min(m, r0 + row); c0 += chunk)
+          std::stable_sort(pairs.begin() + c0, pairs.begin() + std::min({m, r0 + row, c0 + chunk}), sorts_before);
+      std::memcpy(ub(w.unit, o.dst.offset, static_cast<uint64_t>(m) * kSortPairBytes), pairs.data(),
+                  static_cast<size_t>(m) * kSortPairBytes);
+      break;
+    }
+    case VecOp::Extract: {
+      if (o.scalar != 0 && o.scalar != 1) bad_operand(w, "extract takes scalar 0 (keys) or 1 (indices)");
+      const bool keys = o.scalar == 0;
+      if (o.dst.dtype != (keys ? DType::Fp32 : DType::Int32))
+        bad_operand(w, fmt::format("extract of {} writes {}, not {}", keys ? "keys" : "indices", keys ? "fp32" : "int32",
+                                   dtype_name(o.dst.dtype)));
+      uint8_t* dst = ub(w.unit, o.dst.offset, 4ull * m);
+      for (uint32_t i = 0; i < m; ++i) std::memcpy(dst + 4ull * i, s.raw.data() + kSortPairBytes * i + (keys ? 0 : 4), 4);
+      break;
+    }
+    case VecOp::Gather: case VecOp::Scatter: {
+      const bool gather = ins.vop == VecOp::Gather;
+      const int e = dtype_bytes(o.src.dtype);
+      const uint32_t region = o.cols ? o.cols : m;
+      uint8_t* dst = ub(w.unit, o.dst.offset, static_cast<uint64_t>(gather ? m : region) * e);
+      for (uint32_t i = 0; i < m; ++i) {
+        const double at = s.d1[i];
+        if (!(at >= 0 && at < region))
+          bad_operand(w, fmt::format("index {} (element {}) lies outside the {}-element {} region", at, i, region,
+                                     gather ? "source" : "destination"));
+        const size_t j = static_cast<size_t>(at);
+        if (gather) std::memcpy(dst + static_cast<size_t>(i) * e, s.raw.data() + j * e, e);
+        else std::memcpy(dst + j * e, s.raw.data() + static_cast<size_t>(i) * e, e);
+      }
+      break;
+    }
+    default:
+      throw InternalError(fmt::format("vector {} is not a structured op", vec_op_name(ins.vop)));
   }
 }
 

@@ -62,12 +62,40 @@ struct TileRef {
   DType dtype = DType::Fp16;
 };
 
+// The structured vector ops (vec_op_structured) read and write contiguous vectors at their
+// TileRefs' offsets (the layout is not used), in the TileRef's dtype, with m = Instr::m:
+//   reduce_sum / reduce_max  src: m values; cols = segment length s (0: m; m % s == 0); dst: m / s
+//                            values, dst[i] = sum / max of segment i. The sum accumulates in double
+//                            and rounds once to the dtype; a NaN in a segment gives NaN.
+//   arange      dst[i] = scalar + i, i < m.
+//   sort32      src: m fp32 keys, src2: m int32 indices, dst: m pairs (kSortPairBytes each: the key,
+//               then its index). m is a multiple of 32; each block of 32 pairs is sorted by key,
+//               descending, equal keys keeping their input order, NaN keys after every other key
+//               (-inf included). Ascend documents no tie order (KERNELS.md 7.5): stability is the
+//               assumption here.
+//   mrgsort     src: m pairs -> dst: m pairs (buffers must not overlap). rows = row length r in
+//               pairs (0: m), cols = chunk c (0: r). Within each row, every consecutive chunk of c
+//               pairs (the last may be shorter) is sorted as sort32 sorts, stably: what merging the
+//               sorted runs the chunk holds gives.
+//   extract     src: m pairs -> dst: m values; scalar 0 takes the keys (dst fp32), 1 the indices
+//               (dst int32). The 4-byte words are moved as they are.
+//   gather      dst[i] = src[idx[i]], i < m; idx: int32 element offsets from src2, relative to
+//               src.offset; cols = elements of the src region (0: m). The op may read that whole
+//               region; an index outside it is a SimError naming the instruction.
+//   scatter     dst[idx[i]] = src[i], i < m, in order (a repeated index keeps the last value);
+//               idx from src2 relative to dst.offset; cols = elements of the dst region (0: m).
+//               Elements not addressed keep their bytes.
+//   histogram   src: m int32 values; dst: cols int32 counts, dst[b] = #{i : src[i] == b}; values
+//               outside [0, cols) are not counted.
+//   cumsum      dst[i] = src[0] + ... + src[i] (inclusive), accumulated in double, each output
+//               rounded once to the dtype (int32 saturates; the device would wrap).
 struct Operands {
   TileRef src, src2, dst;  // copy: src -> dst; MMAD: A (L0A), B (L0B) -> C (L0C); vector: src, src2 -> dst
-  uint32_t rows = 0, cols = 0;  // copy tile shape; padding up to the NZ fractal is zero-filled
+  uint32_t rows = 0, cols = 0;  // copy tile shape (padding up to the NZ fractal is zero-filled); structured vector ops above
   bool accumulate = false;      // MMAD: add into C instead of overwriting it
-  // Vector ops with a scalar operand (muls, adds, maxs, mins, dup): the immediate `scalar`, or, when
-  // `scalar_from_src2`, the value at src2 that the scalar unit loaded (a routing weight, say).
+  // Vector ops with a scalar operand (muls, adds, maxs, mins, dup; arange's start, extract's choice):
+  // the immediate `scalar`, or, when `scalar_from_src2`, the value at src2 that the scalar unit
+  // loaded (a routing weight, say).
   double scalar = 0;
   bool scalar_from_src2 = false;
 };

@@ -33,7 +33,8 @@ constexpr std::array<std::string_view, kNumPipes> kPipeNames{"S", "MTE2", "MTE1"
 constexpr std::array<std::string_view, kNumDTypes> kDTypeNames{"fp16", "bf16", "fp32", "int8", "int32"};
 constexpr std::array<int, kNumDTypes> kDTypeBytes{2, 2, 4, 1, 4};
 constexpr std::array<std::string_view, kNumVecOps> kVecOpNames{
-    "add", "sub", "mul", "max", "min", "muls", "adds", "maxs", "mins", "exp", "ln", "sqrt", "div", "relu", "cast", "dup"};
+    "add", "sub", "mul", "max", "min", "muls", "adds", "maxs", "mins", "exp", "ln", "sqrt", "div", "relu", "cast", "dup",
+    "reduce_sum", "reduce_max", "arange", "sort32", "mrgsort", "extract", "gather", "scatter", "histogram", "cumsum"};
 
 }  // namespace
 
@@ -74,13 +75,14 @@ std::optional<VecOp> vec_op_from_name(std::string_view name) {
 int vec_op_sources(VecOp op) {
   switch (op) {
     case VecOp::Add: case VecOp::Sub: case VecOp::Mul: case VecOp::Max: case VecOp::Min:
-    case VecOp::Div:
+    case VecOp::Div: case VecOp::Sort32: case VecOp::Gather: case VecOp::Scatter:
       return 2;
-    case VecOp::Dup:
+    case VecOp::Dup: case VecOp::Arange:
       return 0;
     default:
       return 1;
   }
 }
+bool vec_op_structured(VecOp op) { return op > VecOp::Dup && op < VecOp::Count; }
 
 }  // namespace npusim::sim

@@ -55,11 +55,22 @@ std::optional<DType> dtype_from_name(std::string_view name);
 int dtype_bytes(DType d);
 num::Format number_format(DType d);  // the bit-exact format functional runs use for `d`
 
-// Vector instructions with calibrated throughput. Binary ops read two sources.
-enum class VecOp : uint8_t { Add, Sub, Mul, Max, Min, Muls, Adds, Maxs, Mins, Exp, Ln, Sqrt, Div, Relu, Cast, Dup, Count };
+// Vector instructions with calibrated throughput. Binary ops read two sources. The ops from
+// ReduceSum on (reductions, index generation, sorting, data-dependent moves, scans) give operands
+// their own meaning, documented with Operands in program.hpp; their timing is the same start-up +
+// ceil(m / rate), with m the element count named there.
+enum class VecOp : uint8_t {
+  Add, Sub, Mul, Max, Min, Muls, Adds, Maxs, Mins, Exp, Ln, Sqrt, Div, Relu, Cast, Dup,
+  ReduceSum, ReduceMax, Arange, Sort32, MrgSort, Extract, Gather, Scatter, Histogram, Cumsum,
+  Count
+};
 inline constexpr int kNumVecOps = static_cast<int>(VecOp::Count);
 std::string_view vec_op_name(VecOp op);
 std::optional<VecOp> vec_op_from_name(std::string_view name);
-int vec_op_sources(VecOp op);
+int vec_op_sources(VecOp op);  // UB operands read (src, src2); the scalar of Dup and Arange is not one
+// True for the ops after Dup, whose operands do not follow the elementwise src/src2 -> dst form.
+bool vec_op_structured(VecOp op);
+// Bytes of one sort element: an fp32 key followed by its int32 index (Sort32, MrgSort, Extract).
+inline constexpr int kSortPairBytes = 8;
 
 }  // namespace npusim::sim
