@@ -174,9 +174,9 @@ LoadedRun load_run(const std::string& config_file, const std::vector<std::string
     auto [key, value] = parse_set_arg(arg);
     std::string top = key.substr(0, key.find('.'));
     const bool known = std::find(sections.begin(), sections.end(), top) != sections.end();
-    if (!known || top == key)
+    if (!known || (top == key && key != "fusion"))
       throw ConfigError(SourceLoc{"--set " + arg, 0, 0, key},
-                        fmt::format("{} '{}'{}; expected hardware.<param>, workload.<key> or tiling.<key>",
+                        fmt::format("{} '{}'{}; expected hardware.<param>, workload.<key>, tiling.<key> or fusion",
                                     known ? "set a key below" : "unknown key path", key,
                                     known ? "" : did_you_mean(top, sections)));
   }
@@ -297,6 +297,19 @@ RunOutput execute(const LoadedRun& run, const sim::SimOptions& opt) {
 
 GraphOutput execute_graph(const LoadedRun& run, bool functional, const sim::SimOptions& opt) {
   const GraphWorkload& gw = *run.graph;
+  if (functional) {
+    // Every tensor's values (double) live for the whole run; a kernel adds its GM image, its inputs
+    // and two references: about 32 bytes per element of the graph's tensors.
+    double elements = 0;
+    for (const auto& t : gw.graph.tensors) elements += static_cast<double>(t.elements());
+    const double need = 32 * elements, limit = static_cast<double>(functional_bytes_limit());
+    if (need > limit)
+      throw ConfigError(SourceLoc{run.config_file, 0, 0, "workload"},
+                        fmt::format("a functional run of {} needs about {:.2f} GiB of memory, above the limit of {:.2f} GiB "
+                                    "(set NPUSIM_MAX_FUNCTIONAL_BYTES to change it); run without --functional for timing "
+                                    "only, or validate a smaller model (toy) or fewer tokens",
+                                    gw.graph.name, need / 1073741824.0, limit / 1073741824.0));
+  }
   graphs::GraphRunOptions go;
   go.routing = gw.routing;
   go.functional = functional;

@@ -10,9 +10,13 @@
 
 #include "common/text.hpp"
 #include "kernels/combine.hpp"
+#include "kernels/gating.hpp"
+#include "kernels/init_routing.hpp"
 #include "kernels/gemm.hpp"
 #include "kernels/grouped_gemm.hpp"
 #include "kernels/permute.hpp"
+#include "kernels/reference/moe.hpp"
+#include "kernels/reference/reference.hpp"
 #include "kernels/rng.hpp"
 #include "kernels/routing.hpp"
 #include "kernels/swiglu.hpp"
@@ -21,7 +25,14 @@
 namespace npusim::graphs {
 
 const std::vector<FusionRule>& fusion_rules() {
-  static const std::vector<FusionRule> kRules{};
+  static const std::vector<FusionRule> kRules{
+      {"gating", {{"gating_score"}, {"topk", "hash_topk"}, {"normalize"}},
+       "scores, top-k (or hash) and normalization in one AIV kernel (CANN MoeGatingTopK): the scores and the raw "
+       "weights stay in UB"},
+      {"init_routing", {{"routing_sort"}, {"permute"}},
+       "sort by expert, expanded row index, tokens per expert and the row gather in one AIV kernel (CANN "
+       "MoeInitRoutingV2); applies when the permute carries no weights"},
+  };
   return kRules;
 }
 
@@ -77,6 +88,8 @@ FusionPlan plan_fusion(const Graph& g, const std::vector<std::string>& choice, c
         if (found < 0) break;
         chain.push_back(found);
       }
+      // The init-routing kernel gathers rows only: a permute that also carries weights stays apart.
+      if (r->name == "init_routing" && chain.size() == 2 && g.ops[chain[1]].inputs.count("weights")) break;
       if (chain.size() == r->chain.size()) {
         grp = {r->name, r->name, chain};
         break;
@@ -136,9 +149,13 @@ class Executor {
   bool has(const OpNode& op, const std::string& role) const { return op.inputs.count(role) > 0; }
   Built build(const KernelGroup& grp);
   Built build_single(const OpNode& op);
+  Built build_gating(const std::vector<const OpNode*>& ops);
+  Built build_init_routing(const std::vector<const OpNode*>& ops);
+  const std::vector<double>& input_values(const std::string& tensor);
   const std::vector<int32_t>& routing();  // the expert ids the routed kernels are lowered for
   void generate_inputs();
   std::vector<double> graph_input(const TensorDesc& t, size_t index) const;
+  std::vector<int32_t> reference_picks() const;
   void set_ids(const std::string& tensor);
 
   const Graph& g_;
@@ -153,12 +170,11 @@ class Executor {
 const std::vector<int32_t>& Executor::routing() {
   if (!ids_.empty()) return ids_;
   if (opt_.routing.distribution == "from_gate") {
-    auto it = values_.find(ids_tensor_);
-    if (it == values_.end())
-      throw ConfigError(SourceLoc{g_.model, 0, 0, "workload.routing.distribution"},
-                        "routing from_gate needs the gate's outputs: run functionally (--functional / validate), "
-                        "or draw the routing (uniform | zipf | hot_expert)");
-    ids_.assign(it->second.begin(), it->second.end());
+    if (auto it = values_.find(ids_tensor_); it != values_.end()) {  // the device's picks
+      ids_.assign(it->second.begin(), it->second.end());
+    } else {
+      ids_ = reference_picks();
+    }
     return ids_;
   }
   kernels::RoutingSpec spec;
@@ -167,6 +183,58 @@ const std::vector<int32_t>& Executor::routing() {
   spec.hot_fraction = opt_.routing.hot_fraction, spec.seed = opt_.routing.seed;
   ids_ = kernels::draw_routing(spec);
   return ids_;
+}
+
+// Timing-only runs routed from the gate: the CPU reference gate on the same generated inputs a
+// functional run would use (router GEMM in fp64, then ref::gate / ref::hash_gate). Near-ties may
+// pick differently from the device's fp32 gate; the token counts differ only there.
+std::vector<int32_t> Executor::reference_picks() const {
+  const OpNode* select = nullptr;
+  for (const auto& op : g_.ops)
+    if (op.outputs.count("ids") && op.outputs.at("ids") == ids_tensor_) select = &op;
+  const std::string scores = select->inputs.at("scores");
+  const OpNode& score = g_.ops[g_.producer(scores)];
+  const std::string logits_name = score.inputs.at("logits");
+  const int p = g_.producer(logits_name);
+  if (p < 0 || g_.ops[p].kind != "gemm")
+    throw ConfigError(select->loc, "routing from_gate needs the logits to come from a router gemm in the graph");
+  const OpNode& router = g_.ops[p];
+  auto input = [&](const std::string& name) {
+    for (size_t i = 0; i < g_.tensors.size(); ++i)
+      if (g_.tensors[i].name == name) return graph_input(g_.tensors[i], i);
+    throw InternalError("no tensor " + name);
+  };
+  const TensorDesc& xt = port(router, "a");
+  const int64_t T = xt.shape[0], D = xt.shape[1], E = port(*select, "scores").shape[1];
+  std::vector<double> x = input(xt.name), w = input(router.inputs.at("b")), logits(static_cast<size_t>(T * E));
+  ref::gemm(T, E, D, x.data(), w.data(), logits.data());
+  const OpNode* norm = nullptr;
+  for (const auto& op : g_.ops)
+    if (op.kind == "normalize" && op.inputs.at("weights") == select->outputs.at("weights")) norm = &op;
+  ref::GateConfig cfg;
+  const std::string f = score.attrs["score"];
+  cfg.score = f == "softmax" ? ref::ScoreFunc::Softmax : f == "sqrtsoftplus" ? ref::ScoreFunc::SqrtSoftplus : ref::ScoreFunc::Sigmoid;
+  cfg.topk = topk_;
+  if (norm) {
+    cfg.renormalize = norm->attrs["renormalize"].get<bool>();
+    cfg.eps = norm->attrs["eps"], cfg.route_scale = norm->attrs["route_scale"];
+  }
+  std::vector<int32_t> picks(static_cast<size_t>(T * topk_));
+  std::vector<double> weights(picks.size());
+  if (select->kind == "hash_topk") {
+    std::vector<double> ids = input(select->inputs.at("input_ids")), table = input(select->inputs.at("tid2eid"));
+    std::vector<int64_t> ids64(ids.begin(), ids.end());
+    std::vector<int32_t> table32(table.begin(), table.end());
+    ref::hash_gate(T, E, logits.data(), ids64.data(), port(*select, "tid2eid").shape[0], table32.data(), cfg,
+                   picks.data(), weights.data());
+  } else {
+    cfg.groups = select->attrs["groups"], cfg.topk_groups = select->attrs["topk_groups"];
+    cfg.group_score = select->attrs["group_select"] == "max" ? ref::GroupScore::Max : ref::GroupScore::Top2Sum;
+    std::vector<double> bias;
+    if (select->inputs.count("bias")) bias = input(select->inputs.at("bias"));
+    ref::gate(T, E, logits.data(), bias.empty() ? nullptr : bias.data(), cfg, picks.data(), weights.data());
+  }
+  return picks;
 }
 
 // Values for a graph input, seeded per tensor. Weights are scaled by 1/sqrt(fan-in) so that
@@ -271,8 +339,126 @@ Built Executor::build_single(const OpNode& op) {
   return b;
 }
 
+// Binds a kernel's tensors to graph tensors by the kernel's tensor names.
+void bind_by_name(Built& b, const std::map<std::string, std::string>& names) {
+  for (const auto& t : b.kernel->tensors()) {
+    auto it = names.find(t.name);
+    if (it == names.end()) throw InternalError(fmt::format("{}: no graph tensor for its tensor {}", b.kernel->name(), t.name));
+    b.bind.push_back({it->second, 0});
+  }
+}
+
+// The gating kernel for any part of score -> top-k / hash -> normalize (`ops` in chain order).
+Built Executor::build_gating(const std::vector<const OpNode*>& ops) {
+  using namespace kernels;
+  GatingShape s;
+  std::map<std::string, std::string> names;
+  const bool has_score = ops.front()->kind == "gating_score", has_norm = ops.back()->kind == "normalize";
+  const OpNode* select = nullptr;
+  for (const OpNode* op : ops)
+    if (op->kind == "topk" || op->kind == "hash_topk") select = op;
+  s.stage = ops.size() == 3 ? GateStage::Fused
+            : has_score     ? GateStage::Score
+            : has_norm      ? GateStage::Normalize
+                            : GateStage::Select;
+  if (ops.size() == 2) throw InternalError("gating kernels run one stage or all three");
+  // Shapes: tokens and experts from the scores, top-k from the weights.
+  for (const OpNode* op : ops) {
+    if (op->kind == "gating_score") {
+      const std::string f = op->attrs["score"];
+      s.score = f == "softmax" ? GateScore::Softmax : f == "sqrtsoftplus" ? GateScore::SqrtSoftplus : GateScore::Sigmoid;
+      s.tokens = port(*op, "logits").shape[0], s.experts = port(*op, "logits").shape[1];
+      names["logits"] = op->inputs.at("logits");
+      names["scores"] = op->outputs.at("scores");
+    } else if (op->kind == "normalize") {
+      s.tokens = port(*op, "weights").shape[0], s.topk = port(*op, "weights").shape[1];
+      s.renormalize = op->attrs["renormalize"], s.eps = op->attrs["eps"], s.route_scale = op->attrs["route_scale"];
+      names["raw_weights"] = op->inputs.at("weights");
+      names["weights"] = op->outputs.at("weights");
+    }
+  }
+  if (select) {
+    s.tokens = port(*select, "scores").shape[0], s.experts = port(*select, "scores").shape[1];
+    s.topk = port(*select, "ids", true).shape[1];
+    names["scores"] = select->inputs.at("scores");
+    names["ids"] = select->outputs.at("ids");
+    names["raw_weights"] = select->outputs.at("weights");
+    if (select->kind == "hash_topk") {
+      s.hash_vocab = port(*select, "tid2eid").shape[0];
+      names["input_ids"] = select->inputs.at("input_ids");
+      names["tid2eid"] = select->inputs.at("tid2eid");
+      const auto& ids = input_values(select->inputs.at("input_ids"));
+      s.input_ids.assign(ids.begin(), ids.end());
+    } else {
+      s.groups = select->attrs["groups"], s.topk_groups = select->attrs["topk_groups"];
+      s.group_select = select->attrs["group_select"] == "max" ? GroupSelect::Max : GroupSelect::Top2Sum;
+      s.bias = select->inputs.count("bias") > 0;
+      if (s.bias) names["bias"] = select->inputs.at("bias");
+    }
+  }
+  // A lone score or normalize stage does not see the other ops' attributes: find them in the graph.
+  for (const auto& op : g_.ops) {
+    if (!has_score && op.kind == "gating_score") {
+      const std::string f = op.attrs["score"];
+      s.score = f == "softmax" ? GateScore::Softmax : f == "sqrtsoftplus" ? GateScore::SqrtSoftplus : GateScore::Sigmoid;
+    }
+    if (!has_norm && op.kind == "normalize") s.renormalize = op.attrs["renormalize"];
+    if (!select && (op.kind == "topk" || op.kind == "hash_topk"))
+      s.experts = port(op, "scores").shape[1], s.topk = port(op, "ids", true).shape[1];
+  }
+  Built b;
+  b.kernel = std::make_unique<GatingKernel>(s, default_gating_tiling(s, hw_), true);
+  bind_by_name(b, names);
+  return b;
+}
+
+// The init-routing kernel: the routing sort alone (layout only, hidden 0) or with the row gather.
+Built Executor::build_init_routing(const std::vector<const OpNode*>& ops) {
+  using namespace kernels;
+  const OpNode& sort = *ops.front();
+  const OpNode* permute = ops.size() > 1 ? ops[1] : nullptr;
+  InitRoutingShape s;
+  const TensorDesc& ids = port(sort, "ids");
+  s.tokens = ids.shape[0], s.topk = ids.shape[1];
+  s.routing.experts = port(sort, "expert_tokens", true).shape[0];
+  s.expert_of = routing();
+  std::map<std::string, std::string> names{{"ids", ids.name},
+                                           {"expanded_row_idx", sort.outputs.at("row_idx")},
+                                           {"expert_tokens", sort.outputs.at("expert_tokens")}};
+  if (permute) {
+    const TensorDesc& x = port(*permute, "x");
+    s.hidden = x.shape[1], s.dtype = x.dtype;
+    names["x"] = x.name;
+    names["expanded_x"] = permute->outputs.at("rows");
+  } else {
+    s.dtype = sim::DType::Bf16;
+  }
+  Built b;
+  b.kernel = std::make_unique<InitRoutingKernel>(s, default_init_routing_tiling(s, hw_), true);
+  for (const auto& t : b.kernel->tensors()) {
+    auto it = names.find(t.name);
+    b.bind.push_back({it == names.end() ? "" : it->second, 0});  // hidden 0: x / expanded_x are empty
+  }
+  return b;
+}
+
+// Graph input values: generated on first use (timing-only runs need only the routing's inputs).
+const std::vector<double>& Executor::input_values(const std::string& tensor) {
+  auto it = values_.find(tensor);
+  if (it != values_.end()) return it->second;
+  for (size_t i = 0; i < g_.tensors.size(); ++i)
+    if (g_.tensors[i].name == tensor) return values_[tensor] = graph_input(g_.tensors[i], i);
+  throw InternalError("no tensor " + tensor);
+}
+
 Built Executor::build(const KernelGroup& grp) {
-  if (grp.rule.empty()) return build_single(g_.ops[grp.ops[0]]);
+  std::vector<const OpNode*> ops;
+  for (int o : grp.ops) ops.push_back(&g_.ops[o]);
+  const std::string& k = ops.front()->kind;
+  if (grp.rule == "gating" || (grp.rule.empty() && (k == "gating_score" || k == "topk" || k == "hash_topk" || k == "normalize")))
+    return build_gating(ops);
+  if (grp.rule == "init_routing" || (grp.rule.empty() && k == "routing_sort")) return build_init_routing(ops);
+  if (grp.rule.empty()) return build_single(*ops.front());
   throw InternalError("fusion rule " + grp.rule + " has no kernel");
 }
 
@@ -297,10 +483,12 @@ GraphRun Executor::run(const FusionPlan& plan) {
     const auto tensors = b.kernel->tensors();
     if (tensors.size() != b.bind.size())
       throw InternalError(fmt::format("{}: {} tensors, {} bindings", b.kernel->name(), tensors.size(), b.bind.size()));
+    // Dependencies follow the graph's edges: a kernel may read data through its lowering (row
+    // counts, gather indices) rather than as a tensor.
     std::set<int> after;
-    for (size_t i = 0; i < tensors.size(); ++i)
-      if (!tensors[i].output)
-        if (auto it = written_by.find(b.bind[i].tensor); it != written_by.end()) after.insert(it->second);
+    for (int o : grp.ops)
+      for (const auto& [role, t] : g_.ops[o].inputs)
+        if (auto it = written_by.find(t); it != written_by.end()) after.insert(it->second);
     kr.after.assign(after.begin(), after.end());
 
     sim::Program prog = b.kernel->lower(hw_, opt_.functional);
@@ -313,15 +501,19 @@ GraphRun Executor::run(const FusionPlan& plan) {
       std::vector<std::vector<double>> inputs;
       for (size_t i = 0; i < tensors.size(); ++i) {
         if (tensors[i].output) continue;
-        const auto& all = values_.at(b.bind[i].tensor);
         const size_t n = static_cast<size_t>(tensors[i].rows * tensors[i].cols);
-        inputs.emplace_back(all.begin() + b.bind[i].offset, all.begin() + b.bind[i].offset + n);
+        if (b.bind[i].tensor.empty()) {  // a tensor with no graph counterpart (an empty x)
+          inputs.emplace_back(n, 0.0);
+        } else {
+          const auto& all = values_.at(b.bind[i].tensor);
+          inputs.emplace_back(all.begin() + b.bind[i].offset, all.begin() + b.bind[i].offset + n);
+        }
         kernels::write_tensor(mem.gm(), tensors[i], inputs.back());
       }
       sim::run_functional(prog, kr.sim, mem);
       kr.validation = kernels::validate_outputs(*b.kernel, inputs, mem.gm());
       for (size_t i = 0; i < tensors.size(); ++i)
-        if (tensors[i].output) {
+        if (tensors[i].output && !b.bind[i].tensor.empty()) {
           std::vector<double> v = kernels::read_tensor(mem.gm(), tensors[i]);
           auto& dst = values_[b.bind[i].tensor];
           dst.resize(static_cast<size_t>(g_.tensor(b.bind[i].tensor).elements()));
@@ -330,8 +522,8 @@ GraphRun Executor::run(const FusionPlan& plan) {
       kr.sim.work.clear();
       kr.sim.work.shrink_to_fit();
     }
-    for (size_t i = 0; i < tensors.size(); ++i)
-      if (tensors[i].output) written_by[b.bind[i].tensor] = static_cast<int>(run.kernels.size());
+    for (int o : grp.ops)
+      for (const auto& [role, t] : g_.ops[o].outputs) written_by[t] = static_cast<int>(run.kernels.size());
     // A drawn routing replaces the gate's picks from here on (the gate still ran and was judged).
     if (written_by.count(ids_tensor_) && written_by[ids_tensor_] == static_cast<int>(run.kernels.size()) &&
         opt_.routing.distribution != "from_gate" && opt_.functional) {

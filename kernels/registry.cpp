@@ -6,6 +6,8 @@
 #include "kernels/grouped_gemm.hpp"
 #include "kernels/swiglu.hpp"
 #include "kernels/combine.hpp"
+#include "kernels/gating.hpp"
+#include "kernels/init_routing.hpp"
 #include "kernels/permute.hpp"
 
 namespace npusim::kernels {
@@ -16,6 +18,8 @@ const std::vector<KernelEntry>& kernel_registry() {
       {"grouped_gemm", "per-group C = A x B_g over rows per expert (group_rows or a seeded routing)", make_grouped_gemm},
       {"swiglu", "out = silu(g) * u over [g | u] rows on the AIVs (clamp, row weights; tiling: rows_per_tile, buffers, cores)", make_swiglu},
       {"combine", "MoE finalize: residual + shared + sum of (weighted) expert rows gathered by the routing", make_combine},
+      {"gating", "MoE gate on the AIVs: scores, bias for choosing, group-limited stable top-k, normalize, route scale", make_gating},
+      {"init_routing", "MoE dispatch: stable sort by expert, expanded row index, per-expert counts, capacity modes, row gather", make_init_routing},
       {"permute", "MoE permute: token rows (and weights) gathered into expert order by the routing", make_permute},
       {"add", "out = x + y on the AIVs (tiling: tile_elems, buffers, cores)", make_elementwise},
       {"mul", "out = x * y on the AIVs", make_elementwise},

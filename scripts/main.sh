@@ -6,4 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 mkdir -p out/default
 ./build/npusim run configs/workloads/*.yaml --out out/default --trace out/default/trace.json
+# The same MoE layers with every op its own kernel, to set against the default fusion above.
+mkdir -p out/default/fusion_none
+./build/npusim run configs/workloads/v4_*_moe_*.yaml --set fusion=none --out out/default/fusion_none
 echo "reports: out/default/*.json; trace: out/default/trace.json (open in ui.perfetto.dev)"

@@ -350,7 +350,7 @@ TEST_F(BadSet, UnknownSectionSuggestsNearest) {
   Result r = npusim({"check", kGoodGemm, "--set", "tilng.stages=2"});
   expect_config_error(r, "--set tilng.stages=2", "tilng.stages",
                       {"unknown key path 'tilng.stages'", "(did you mean 'tiling'?)",
-                       "expected hardware.<param>, workload.<key> or tiling.<key>"});
+                       "expected hardware.<param>, workload.<key>, tiling.<key> or fusion"});
 }
 
 TEST_F(BadSet, WrongTypedValueSaysWhatWasExpected) {

@@ -11,12 +11,7 @@
 namespace npusim {
 namespace {
 
-std::string write_config(const std::string& yaml) {
-  static int n = 0;
-  std::string file = testing::TempDir() + "/graph_" + std::to_string(n++) + ".yaml";
-  std::ofstream(file) << yaml;
-  return file;
-}
+std::string write_config(const std::string& yaml) { return test::write_temp_config("graph", yaml); }
 
 std::vector<int64_t> shape_of(const graphs::Graph& g, const std::string& t) { return g.tensor(t).shape; }
 
@@ -94,6 +89,58 @@ TEST(GraphYaml, DenseMlpRunsAndValidatesEveryKernel) {
   a.kernels = out.kernels, a.graph = out.graph;
   b.kernels = again.kernels, b.graph = again.graph;
   EXPECT_EQ(reports::to_json(a).dump(), reports::to_json(b).dump());
+}
+
+void expect_all_valid(const app::GraphOutput& out, const std::string& what) {
+  for (const auto& k : out.kernels) {
+    ASSERT_TRUE(k.validation) << what << " " << k.name;
+    std::string why;
+    for (const auto& f : k.validation->failures) why += "\n  " + f;
+    EXPECT_TRUE(k.validation->passed) << what << " " << k.name << why;
+  }
+}
+
+TEST(MoeGraph, ToyBlockValidatesUnderEveryPlanAndRouting) {
+  for (const char* fusion : {"none", "default"})
+    for (const char* routing : {"from_gate", "zipf", "hot_expert"})
+      for (const char* phase : {"decode", "prefill"}) {
+        const std::string what = std::string(fusion) + " " + routing + " " + phase;
+        auto run = app::load_run(write_config(std::string("hardware: ascend910b2\nworkload: {model: toy, block: moe, phase: ") +
+                                              phase + ", routing: {distribution: " + routing +
+                                              ", seed: 4}}\nfusion: " + fusion + "\ninputs: {seed: 2}\n"));
+        auto out = app::execute_graph(run, true);
+        expect_all_valid(out, what);
+        int64_t routed = 0;
+        for (int64_t c : out.graph.tokens_per_expert) routed += c;
+        EXPECT_EQ(routed, run.graph->tokens * 4) << what;
+        EXPECT_GE(out.graph.imbalance, 1.0) << what;
+        // The shared expert runs beside the routed chain: the critical path is shorter than the stream.
+        EXPECT_LT(out.graph.critical_path_us, out.graph.total_us) << what;
+      }
+}
+
+TEST(MoeGraph, HashLayerAndFusedChainsMatchTheUnfusedOutput) {
+  std::vector<double> finals;
+  for (const char* fusion : {"none", "default"}) {
+    auto run = app::load_run(write_config(std::string("hardware: ascend910b2\nworkload: {model: toy, block: moe, layer: 0, "
+                                                      "routing: {distribution: from_gate}}\nfusion: ") + fusion + "\n"));
+    bool hash = false;
+    for (const auto& o : run.graph->graph.ops) hash = hash || o.kind == "hash_topk";
+    EXPECT_TRUE(hash);
+    auto out = app::execute_graph(run, true);
+    expect_all_valid(out, fusion);
+    finals.push_back(out.graph.total_us);
+  }
+  EXPECT_LT(finals[1], finals[0]) << "fusing saves kernels and launches";
+}
+
+TEST(MoeGraph, FromGateTimingRoutesLikeTheFunctionalRun) {
+  auto run = app::load_run(write_config("hardware: ascend910b2\nworkload: {model: toy, block: moe, phase: prefill, "
+                                        "routing: {distribution: from_gate}}\n"));
+  auto timed = app::execute_graph(run, false);
+  auto functional = app::execute_graph(run, true);
+  EXPECT_EQ(timed.graph.tokens_per_expert, functional.graph.tokens_per_expert);
+  for (size_t i = 0; i < timed.kernels.size(); ++i) EXPECT_EQ(timed.kernels[i].cycles, functional.kernels[i].cycles) << timed.kernels[i].name;
 }
 
 void expect_config_error(const std::string& yaml, const std::vector<std::string>& says) {

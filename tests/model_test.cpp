@@ -151,10 +151,7 @@ TEST(Gemm, TailTilesInEveryDimensionSimulate) {
 }
 
 app::RunOutput run_yaml(const std::string& yaml) {
-  static int n = 0;
-  std::string file = testing::TempDir() + "/model_" + std::to_string(n++) + ".yaml";
-  std::ofstream(file) << yaml;
-  return app::execute(app::load_run(file));
+  return app::execute(app::load_run(test::write_temp_config("model", yaml)));
 }
 
 TEST(GroupedGemm, OneGroupCostsWhatTheSameGemmCosts) {
@@ -188,8 +185,8 @@ TEST(GroupedGemm, InDecodeTimeFollowsTheExpertsThatHaveRows) {
 
 TEST(Gemm, RunsOnEveryPresetWithItsDefaultTiling) {
   for (const auto& p : app::list_presets()) {
-    std::string file = testing::TempDir() + "/preset_" + p + ".yaml";
-    std::ofstream(file) << "hardware: " << p << "\nworkload: {op: gemm, m: 512, n: 768, k: 1024, dtype: bf16}\n";
+    std::string file = test::write_temp_config(
+        "preset_" + p, "hardware: " + p + "\nworkload: {op: gemm, m: 512, n: 768, k: 1024, dtype: bf16}\n");
     auto out = app::execute(app::load_run(file));
     EXPECT_GT(out.kernel.peak_fraction, 0.05) << p;
     EXPECT_LE(out.kernel.peak_fraction, 1.0) << p;

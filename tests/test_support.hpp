@@ -7,10 +7,22 @@
 #include <string>
 #include <vector>
 
+#include <gtest/gtest.h>
+#include <unistd.h>
+
 #include "app/session.hpp"
 #include "sim/engine.hpp"
 
 namespace npusim::test {
+
+// A config file in the test temp folder. CTest runs every test of an executable as its own process
+// in parallel, so names carry the process id as well as a per-process counter.
+inline std::string write_temp_config(const std::string& prefix, const std::string& yaml) {
+  static int n = 0;
+  std::string file = ::testing::TempDir() + "/" + prefix + "_" + std::to_string(::getpid()) + "_" + std::to_string(n++) + ".yaml";
+  std::ofstream(file) << yaml;
+  return file;
+}
 
 inline const sim::HardwareSpec& preset(const std::string& name) {
   static std::map<std::string, sim::HardwareSpec> cache;

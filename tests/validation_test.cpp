@@ -11,10 +11,7 @@ namespace npusim {
 namespace {
 
 app::LoadedRun load(const std::string& yaml) {
-  static int n = 0;
-  std::string file = testing::TempDir() + "/validation_" + std::to_string(n++) + ".yaml";
-  std::ofstream(file) << yaml;
-  return app::load_run(file);
+  return app::load_run(test::write_temp_config("validation", yaml));
 }
 
 std::string gemm_yaml(int m, int n, int k, const std::string& in, const std::string& out, const std::string& a,
