@@ -348,6 +348,11 @@ void bind_by_name(Built& b, const std::map<std::string, std::string>& names) {
   }
 }
 
+kernels::GateScore gate_score(const std::string& f) {
+  using kernels::GateScore;
+  return f == "softmax" ? GateScore::Softmax : f == "sqrtsoftplus" ? GateScore::SqrtSoftplus : GateScore::Sigmoid;
+}
+
 // The gating kernel for any part of score -> top-k / hash -> normalize (`ops` in chain order).
 Built Executor::build_gating(const std::vector<const OpNode*>& ops) {
   using namespace kernels;
@@ -365,8 +370,7 @@ Built Executor::build_gating(const std::vector<const OpNode*>& ops) {
   // Shapes: tokens and experts from the scores, top-k from the weights.
   for (const OpNode* op : ops) {
     if (op->kind == "gating_score") {
-      const std::string f = op->attrs["score"];
-      s.score = f == "softmax" ? GateScore::Softmax : f == "sqrtsoftplus" ? GateScore::SqrtSoftplus : GateScore::Sigmoid;
+      s.score = gate_score(op->attrs["score"]);
       s.tokens = port(*op, "logits").shape[0], s.experts = port(*op, "logits").shape[1];
       names["logits"] = op->inputs.at("logits");
       names["scores"] = op->outputs.at("scores");
@@ -399,8 +403,7 @@ Built Executor::build_gating(const std::vector<const OpNode*>& ops) {
   // A lone score or normalize stage does not see the other ops' attributes: find them in the graph.
   for (const auto& op : g_.ops) {
     if (!has_score && op.kind == "gating_score") {
-      const std::string f = op.attrs["score"];
-      s.score = f == "softmax" ? GateScore::Softmax : f == "sqrtsoftplus" ? GateScore::SqrtSoftplus : GateScore::Sigmoid;
+      s.score = gate_score(op.attrs["score"]);
     }
     if (!has_norm && op.kind == "normalize") s.renormalize = op.attrs["renormalize"];
     if (!select && (op.kind == "topk" || op.kind == "hash_topk"))
