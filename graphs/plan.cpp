@@ -14,6 +14,8 @@
 #include "kernels/init_routing.hpp"
 #include "kernels/gemm.hpp"
 #include "kernels/grouped_gemm.hpp"
+#include "kernels/grouped_gemm_finalize.hpp"
+#include "kernels/grouped_gemm_swiglu.hpp"
 #include "kernels/permute.hpp"
 #include "kernels/reference/moe.hpp"
 #include "kernels/reference/reference.hpp"
@@ -32,6 +34,12 @@ const std::vector<FusionRule>& fusion_rules() {
       {"init_routing", {{"routing_sort"}, {"permute"}},
        "sort by expert, expanded row index, tokens per expert and the row gather in one AIV kernel (CANN "
        "MoeInitRoutingV2); applies when the permute carries no weights"},
+      {"gmm1_swiglu", {{"grouped_gemm"}, {"swiglu"}},
+       "GMM1 on the cube feeding SwiGLU on the AIVs block by block (through a GM workspace on 2201, L0C->UB on "
+       "3510): H never goes to HBM as a tensor"},
+      {"gmm2_finalize", {{"grouped_gemm"}, {"combine"}},
+       "GMM2 on the cube, each expert row scaled and atomically added into residual + shared token rows by the "
+       "AIVs (CANN GroupedMatmulFinalizeRouting): Y never goes to HBM as a tensor"},
   };
   return kRules;
 }
@@ -151,6 +159,9 @@ class Executor {
   Built build_single(const OpNode& op);
   Built build_gating(const std::vector<const OpNode*>& ops);
   Built build_init_routing(const std::vector<const OpNode*>& ops);
+  Built build_gmm_swiglu(const OpNode& gmm, const OpNode& act);
+  Built build_gmm_finalize(const OpNode& gmm, const OpNode& combine);
+  void bind_expert_weights(Built& b, const TensorDesc& w) const;
   const std::vector<double>& input_values(const std::string& tensor);
   const std::vector<int32_t>& routing();  // the expert ids the routed kernels are lowered for
   void generate_inputs();
@@ -278,6 +289,15 @@ void Executor::generate_inputs() {
     if (g_.producer(g_.tensors[i].name) < 0) values_[g_.tensors[i].name] = graph_input(g_.tensors[i], i);
 }
 
+kernels::SwigluShape swiglu_shape(const OpNode& op, const TensorDesc& h, const TensorDesc& a) {
+  kernels::SwigluShape s;
+  s.rows = h.shape[0], s.inter = a.shape[1], s.in = h.dtype, s.out = a.dtype;
+  if (!op.attrs["clamp"].is_null()) s.clamp = op.attrs["clamp"].get<double>();
+  s.gate_first = op.attrs["halves"] == "gate_first";
+  s.row_weights = op.inputs.count("row_weights") > 0;
+  return s;
+}
+
 Built Executor::build_single(const OpNode& op) {
   using namespace kernels;
   const std::string& k = op.kind;
@@ -297,15 +317,11 @@ Built Executor::build_single(const OpNode& op) {
     GemmTiling t = default_grouped_gemm_tiling(s, rows, hw_);
     b.kernel = std::make_unique<GroupedGemmKernel>(s, rows, t, true);
     b.bind.push_back({a.name, 0});
-    for (int64_t e = 0; e < w.shape[0]; ++e) b.bind.push_back({w.name, e * w.shape[1] * w.shape[2]});
+    bind_expert_weights(b, w);
     b.bind.push_back({c.name, 0});
   } else if (k == "swiglu") {
     const TensorDesc &h = port(op, "h"), &a = port(op, "a", true);
-    SwigluShape s;
-    s.rows = h.shape[0], s.inter = a.shape[1], s.in = h.dtype, s.out = a.dtype;
-    if (!op.attrs["clamp"].is_null()) s.clamp = op.attrs["clamp"].get<double>();
-    s.gate_first = op.attrs["halves"] == "gate_first";
-    s.row_weights = has(op, "row_weights");
+    const SwigluShape s = swiglu_shape(op, h, a);
     b.kernel = std::make_unique<SwigluKernel>(s, default_swiglu_tiling(s, hw_), true);
     b.bind.push_back({h.name, 0});
     if (s.row_weights) b.bind.push_back({op.inputs.at("row_weights"), 0});
@@ -445,6 +461,48 @@ Built Executor::build_init_routing(const std::vector<const OpNode*>& ops) {
   return b;
 }
 
+// The per-expert weights of a grouped GEMM: slices of one [E, K, N] tensor.
+void Executor::bind_expert_weights(Built& b, const TensorDesc& w) const {
+  for (int64_t e = 0; e < w.shape[0]; ++e) b.bind.push_back({w.name, e * w.shape[1] * w.shape[2]});
+}
+
+Built Executor::build_gmm_swiglu(const OpNode& gmm, const OpNode& act) {
+  using namespace kernels;
+  const TensorDesc &x = port(gmm, "a"), &w = port(gmm, "b"), &h = port(gmm, "c", true), &a = port(act, "a", true);
+  GroupedGemmSwigluShape s;
+  s.gemm = {0, w.shape[2], w.shape[1], x.dtype, h.dtype, TensorLayout::RowMajor, TensorLayout::ColMajor};
+  s.rows = tokens_per_expert(routing(), w.shape[0]);
+  s.act = swiglu_shape(act, h, a);
+  Built b;
+  GroupedGemmSwigluTiling t = default_grouped_gemm_swiglu_tiling(s, hw_);
+  b.kernel = std::make_unique<GroupedGemmSwigluKernel>(s, t, true);
+  b.bind.push_back({x.name, 0});
+  bind_expert_weights(b, w);
+  if (s.act.row_weights) b.bind.push_back({act.inputs.at("row_weights"), 0});
+  b.bind.push_back({a.name, 0});
+  return b;
+}
+
+Built Executor::build_gmm_finalize(const OpNode& gmm, const OpNode& combine) {
+  using namespace kernels;
+  const TensorDesc &x = port(gmm, "a"), &w = port(gmm, "b"), &o = port(combine, "out", true);
+  GroupedGemmFinalizeShape s;
+  s.gemm = {0, w.shape[2], w.shape[1], x.dtype, sim::DType::Fp32, TensorLayout::RowMajor, TensorLayout::ColMajor};
+  s.tokens = o.shape[0], s.topk = port(combine, "row_idx").shape[0] / o.shape[0], s.experts = w.shape[0];
+  s.out = o.dtype;
+  s.weighted = has(combine, "weights"), s.shared = has(combine, "shared"), s.residual = has(combine, "residual");
+  s.expert_of = routing();
+  Built b;
+  GroupedGemmFinalizeTiling t = default_grouped_gemm_finalize_tiling(s, hw_);
+  b.kernel = std::make_unique<GroupedGemmFinalizeKernel>(std::move(s), t, true);
+  b.bind.push_back({x.name, 0});
+  bind_expert_weights(b, w);
+  for (const char* r : {"weights", "shared", "residual"})
+    if (has(combine, r)) b.bind.push_back({combine.inputs.at(r), 0});
+  b.bind.push_back({o.name, 0});
+  return b;
+}
+
 // Graph input values: generated on first use (timing-only runs need only the routing's inputs).
 const std::vector<double>& Executor::input_values(const std::string& tensor) {
   auto it = values_.find(tensor);
@@ -461,6 +519,8 @@ Built Executor::build(const KernelGroup& grp) {
   if (grp.rule == "gating" || (grp.rule.empty() && (k == "gating_score" || k == "topk" || k == "hash_topk" || k == "normalize")))
     return build_gating(ops);
   if (grp.rule == "init_routing" || (grp.rule.empty() && k == "routing_sort")) return build_init_routing(ops);
+  if (grp.rule == "gmm1_swiglu") return build_gmm_swiglu(*ops[0], *ops[1]);
+  if (grp.rule == "gmm2_finalize") return build_gmm_finalize(*ops[0], *ops[1]);
   if (grp.rule.empty()) return build_single(*ops.front());
   throw InternalError("fusion rule " + grp.rule + " has no kernel");
 }
@@ -541,6 +601,9 @@ GraphRun Executor::run(const FusionPlan& plan) {
     run.imbalance = kernels::imbalance(run.tokens_per_expert);
     run.routing_source = opt_.routing.distribution;
   }
+  if (opt_.functional)
+    for (auto& [name, v] : values_)
+      if (g_.producer(name) >= 0) run.values[name] = std::move(v);
   // Serial stream and the critical path through the kernel DAG (kernels are in topological order).
   std::vector<double> finish(run.kernels.size(), 0);
   std::vector<int> pred(run.kernels.size(), -1);

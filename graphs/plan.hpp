@@ -13,6 +13,7 @@
 // DAG (the time with every independent branch, such as the shared expert, fully overlapped).
 #pragma once
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -72,6 +73,8 @@ struct GraphRun {
   double serial_us = 0;                    // sum of kernel times and launches
   double critical_path_us = 0;
   std::vector<int> critical_path;          // kernel indices along it
+  // Functional runs: the values of every tensor a kernel wrote (not those inside a fused kernel).
+  std::map<std::string, std::vector<double>> values;
   bool passed() const;                     // every kernel's outputs validated (functional runs)
 };
 

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <functional>
 
 #include "common/numerics.hpp"
 #include "kernels/reference/reference.hpp"
@@ -183,8 +184,8 @@ sim::Program lower_gemm_blocks(const GemmShape& s_, const GemmTiling& t_, const 
   sim::Program prog;
   prog.name = blocks.name;
   prog.gm_footprint_bytes = blocks.footprint;
-  const int64_t nblk = static_cast<int64_t>(blocks.list.size());
-  const int cores = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(t_.cores, nblk)));
+  const int64_t per_item = blocks.item_blocks, nitems = static_cast<int64_t>(blocks.list.size()) / per_item;
+  const int cores = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(t_.cores, nitems)));
   const int l0c_bufs = 2 * t_.m1 * t_.n1 * 4 <= hw.aic.l0c_bytes ? 2 : 1;
   // On-chip placement: L1 stage s holds A (m1 x k1) then B (k1 x n1); L0A/L0B/L0C are split in
   // halves (or kept whole) for ping-pong.
@@ -201,95 +202,112 @@ sim::Program lower_gemm_blocks(const GemmShape& s_, const GemmTiling& t_, const 
     for (int s = 0; s < t_.stages; ++s) b.set_flag(Pipe::Mte1, Pipe::Mte2, s);
     for (int p = 0; p < 2; ++p) b.set_flag(Pipe::M, Pipe::Mte1, p);
     for (int q = 0; q < l0c_bufs; ++q) b.set_flag(Pipe::Fixpipe, Pipe::M, q);
-    int64_t kiter = 0, l0iter = 0, biter = 0;
-    for (int64_t bi = c; bi < nblk; bi += cores, ++biter) {
-      const GemmBlock& blk = blocks.list[static_cast<size_t>(bi)];
-      const int64_t mb = blk.mb, nb = blk.nb;
-      const int cbuf = static_cast<int>(biter % l0c_bufs);
-      const TileRef c_tile{cbuf * l0c_buf, r16(mb), 0, 0, TileLayout::Nz, acc};
-      bool first_mmad = true;
-      for (int64_t kk = 0; kk < K; kk += t_.k1, ++kiter) {
-        const int64_t kb = std::min(t_.k1, K - kk);
-        const int s = static_cast<int>(kiter % t_.stages);
-        const TileRef l1_a{s * l1_stage, r16(mb), 0, 0, TileLayout::Nz, s_.in};
-        const TileRef l1_b{s * l1_stage + static_cast<uint64_t>(t_.m1 * t_.k1) * e, r16(kb), 0, 0, TileLayout::Nz, s_.in};
-        b.wait_flag(Pipe::Mte1, Pipe::Mte2, s);
-        // A tile (mb x kb), converted ND -> NZ on the way into L1.
-        sim::Operands oa;
-        oa.rows = uint32_t(mb), oa.cols = uint32_t(kb), oa.dst = l1_a;
-        sim::GmRegion ra;
-        if (s_.a == TensorLayout::RowMajor) {
-          ra = {blocks.a + (blk.row0 * K + kk) * e, uint32_t(mb), uint32_t(kb * e), uint64_t(K * e)};
-          oa.src = {ra.addr, uint32_t(K), 0, 0, TileLayout::Nd, s_.in};
-        } else {
-          ra = {blocks.a + (kk * M + blk.row0) * e, uint32_t(kb), uint32_t(mb * e), uint64_t(M * e)};
-          oa.src = {ra.addr, uint32_t(M), 0, 0, TileLayout::NdT, s_.in};
-        }
-        b.copy(Path::GmToL1Nd2Nz, uint32_t(mb * kb * e), ra, oa);
-        // B tile (kb x nb).
-        sim::Operands ob;
-        ob.rows = uint32_t(kb), ob.cols = uint32_t(nb), ob.dst = l1_b;
-        if (s_.b == TensorLayout::Nz) {
-          // zN: each 16-column strip holds K x 16 elements contiguously.
-          int64_t strips = ceil_div(nb, 16), rowb = round_up(kb, 16) * 16 * e;
-          sim::GmRegion rb{blk.b + ((blk.col0 / 16) * kp * 16 + kk * 16) * e, uint32_t(strips), uint32_t(rowb),
-                           uint64_t(kp * 16 * e)};
-          ob.src = {blk.b, uint32_t(kp), uint32_t(kk), uint32_t(blk.col0), TileLayout::Nz, s_.in};
-          b.copy(Path::GmToL1, uint32_t(strips * rowb), rb, ob);
-        } else {
-          sim::GmRegion rb;
-          if (s_.b == TensorLayout::RowMajor) {
-            rb = {blk.b + (kk * N + blk.col0) * e, uint32_t(kb), uint32_t(nb * e), uint64_t(N * e)};
-            ob.src = {rb.addr, uint32_t(N), 0, 0, TileLayout::Nd, s_.in};
+    int64_t kiter = 0, l0iter = 0, biter = 0, n = 0;
+    for (int64_t item = c; item < nitems; item += cores, ++n) {
+      if (blocks.before_item) blocks.before_item(b, c, n);
+      for (int64_t bi = item * per_item; bi < (item + 1) * per_item; ++bi, ++biter) {
+        const GemmBlock& blk = blocks.list[static_cast<size_t>(bi)];
+        const int64_t mb = blk.mb, nb = blk.nb;
+        const int cbuf = static_cast<int>(biter % l0c_bufs);
+        const TileRef c_tile{cbuf * l0c_buf, r16(mb), 0, 0, TileLayout::Nz, acc};
+        bool first_mmad = true;
+        for (int64_t kk = 0; kk < K; kk += t_.k1, ++kiter) {
+          const int64_t kb = std::min(t_.k1, K - kk);
+          const int s = static_cast<int>(kiter % t_.stages);
+          const TileRef l1_a{s * l1_stage, r16(mb), 0, 0, TileLayout::Nz, s_.in};
+          const TileRef l1_b{s * l1_stage + static_cast<uint64_t>(t_.m1 * t_.k1) * e,
+                             r16(kb),
+                             0,
+                             0,
+                             TileLayout::Nz,
+                             s_.in};
+          b.wait_flag(Pipe::Mte1, Pipe::Mte2, s);
+          // A tile (mb x kb), converted ND -> NZ on the way into L1.
+          sim::Operands oa;
+          oa.rows = uint32_t(mb), oa.cols = uint32_t(kb), oa.dst = l1_a;
+          sim::GmRegion ra;
+          if (s_.a == TensorLayout::RowMajor) {
+            ra = {blocks.a + (blk.row0 * K + kk) * e, uint32_t(mb), uint32_t(kb * e),
+                  uint64_t(K * e)};
+            oa.src = {ra.addr, uint32_t(K), 0, 0, TileLayout::Nd, s_.in};
           } else {
-            rb = {blk.b + (blk.col0 * K + kk) * e, uint32_t(nb), uint32_t(kb * e), uint64_t(K * e)};
-            ob.src = {rb.addr, uint32_t(K), 0, 0, TileLayout::NdT, s_.in};
+            ra = {blocks.a + (kk * M + blk.row0) * e, uint32_t(kb), uint32_t(mb * e),
+                  uint64_t(M * e)};
+            oa.src = {ra.addr, uint32_t(M), 0, 0, TileLayout::NdT, s_.in};
           }
-          b.copy(Path::GmToL1Nd2Nz, uint32_t(kb * nb * e), rb, ob);
-        }
-        b.set_flag(Pipe::Mte2, Pipe::Mte1, s);
-        b.wait_flag(Pipe::Mte2, Pipe::Mte1, s);
-        for (int64_t ks = 0; ks < kb; ks += t_.k0) {
-          const int64_t kq = std::min(t_.k0, kb - ks), kqp = round_up(kq, ka);
-          for (int64_t ms = 0; ms < mb; ms += t_.m0) {
-            const int64_t ma = std::min(t_.m0, mb - ms);
-            for (int64_t ns = 0; ns < nb; ns += t_.n0, ++l0iter) {
-              const int64_t na = std::min(t_.n0, nb - ns);
-              const int p = static_cast<int>(l0iter % 2);
-              const TileRef l0a{p * l0a_half, r16(ma), 0, 0, TileLayout::Nz, s_.in};
-              const TileRef l0b{p * l0b_half, r16(kq), 0, 0, TileLayout::Nz, s_.in};
-              b.wait_flag(Pipe::M, Pipe::Mte1, p);
-              sim::Operands la, lb, mm;
-              la.src = l1_a, la.src.row0 = uint32_t(ms), la.src.col0 = uint32_t(ks), la.dst = l0a;
-              la.rows = uint32_t(ma), la.cols = uint32_t(kq);
-              b.copy(Path::L1ToL0A, uint32_t(round_up(ma, 16) * kqp * e), {}, la);
-              lb.src = l1_b, lb.src.row0 = uint32_t(ks), lb.src.col0 = uint32_t(ns), lb.dst = l0b;
-              lb.rows = uint32_t(kq), lb.cols = uint32_t(na);
-              b.copy(Path::L1ToL0B, uint32_t(kqp * round_up(na, 16) * e), {}, lb);
-              b.set_flag(Pipe::Mte1, Pipe::M, p);
-              b.wait_flag(Pipe::Mte1, Pipe::M, p);
-              if (first_mmad) {
-                b.wait_flag(Pipe::Fixpipe, Pipe::M, cbuf);  // L0C buffer drained by FIXPIPE
-                first_mmad = false;
+          b.copy(Path::GmToL1Nd2Nz, uint32_t(mb * kb * e), ra, oa);
+          // B tile (kb x nb).
+          sim::Operands ob;
+          ob.rows = uint32_t(kb), ob.cols = uint32_t(nb), ob.dst = l1_b;
+          if (s_.b == TensorLayout::Nz) {
+            // zN: each 16-column strip holds K x 16 elements contiguously.
+            int64_t strips = ceil_div(nb, 16), rowb = round_up(kb, 16) * 16 * e;
+            sim::GmRegion rb{blk.b + ((blk.col0 / 16) * kp * 16 + kk * 16) * e, uint32_t(strips),
+                             uint32_t(rowb), uint64_t(kp * 16 * e)};
+            ob.src = {blk.b, uint32_t(kp), uint32_t(kk), uint32_t(blk.col0), TileLayout::Nz, s_.in};
+            b.copy(Path::GmToL1, uint32_t(strips * rowb), rb, ob);
+          } else {
+            sim::GmRegion rb;
+            if (s_.b == TensorLayout::RowMajor) {
+              rb = {blk.b + (kk * N + blk.col0) * e, uint32_t(kb), uint32_t(nb * e),
+                    uint64_t(N * e)};
+              ob.src = {rb.addr, uint32_t(N), 0, 0, TileLayout::Nd, s_.in};
+            } else {
+              rb = {blk.b + (blk.col0 * K + kk) * e, uint32_t(nb), uint32_t(kb * e),
+                    uint64_t(K * e)};
+              ob.src = {rb.addr, uint32_t(K), 0, 0, TileLayout::NdT, s_.in};
+            }
+            b.copy(Path::GmToL1Nd2Nz, uint32_t(kb * nb * e), rb, ob);
+          }
+          b.set_flag(Pipe::Mte2, Pipe::Mte1, s);
+          b.wait_flag(Pipe::Mte2, Pipe::Mte1, s);
+          for (int64_t ks = 0; ks < kb; ks += t_.k0) {
+            const int64_t kq = std::min(t_.k0, kb - ks), kqp = round_up(kq, ka);
+            for (int64_t ms = 0; ms < mb; ms += t_.m0) {
+              const int64_t ma = std::min(t_.m0, mb - ms);
+              for (int64_t ns = 0; ns < nb; ns += t_.n0, ++l0iter) {
+                const int64_t na = std::min(t_.n0, nb - ns);
+                const int p = static_cast<int>(l0iter % 2);
+                const TileRef l0a{p * l0a_half, r16(ma), 0, 0, TileLayout::Nz, s_.in};
+                const TileRef l0b{p * l0b_half, r16(kq), 0, 0, TileLayout::Nz, s_.in};
+                b.wait_flag(Pipe::M, Pipe::Mte1, p);
+                sim::Operands la, lb, mm;
+                la.src = l1_a, la.src.row0 = uint32_t(ms), la.src.col0 = uint32_t(ks), la.dst = l0a;
+                la.rows = uint32_t(ma), la.cols = uint32_t(kq);
+                b.copy(Path::L1ToL0A, uint32_t(round_up(ma, 16) * kqp * e), {}, la);
+                lb.src = l1_b, lb.src.row0 = uint32_t(ks), lb.src.col0 = uint32_t(ns), lb.dst = l0b;
+                lb.rows = uint32_t(kq), lb.cols = uint32_t(na);
+                b.copy(Path::L1ToL0B, uint32_t(kqp * round_up(na, 16) * e), {}, lb);
+                b.set_flag(Pipe::Mte1, Pipe::M, p);
+                b.wait_flag(Pipe::Mte1, Pipe::M, p);
+                if (first_mmad) {
+                  b.wait_flag(Pipe::Fixpipe, Pipe::M, cbuf);  // L0C buffer drained by FIXPIPE
+                  first_mmad = false;
+                }
+                mm.src = l0a, mm.src2 = l0b, mm.dst = c_tile;
+                mm.dst.row0 = uint32_t(ms), mm.dst.col0 = uint32_t(ns);
+                mm.accumulate = kk > 0 || ks > 0;
+                b.mmad(uint32_t(ma), uint32_t(na), uint32_t(kq), s_.in, mm);
+                b.set_flag(Pipe::M, Pipe::Mte1, p);
               }
-              mm.src = l0a, mm.src2 = l0b, mm.dst = c_tile;
-              mm.dst.row0 = uint32_t(ms), mm.dst.col0 = uint32_t(ns);
-              mm.accumulate = kk > 0 || ks > 0;
-              b.mmad(uint32_t(ma), uint32_t(na), uint32_t(kq), s_.in, mm);
-              b.set_flag(Pipe::M, Pipe::Mte1, p);
             }
           }
+          b.set_flag(Pipe::Mte1, Pipe::Mte2, s);  // L1 stage consumed
         }
-        b.set_flag(Pipe::Mte1, Pipe::Mte2, s);  // L1 stage consumed
+        b.set_flag(Pipe::M, Pipe::Fixpipe, cbuf);
+        b.wait_flag(Pipe::M, Pipe::Fixpipe, cbuf);
+        if (blocks.write_c) {
+          blocks.write_c(b, c, n, blk, c_tile);
+        } else {
+          sim::Operands oc;
+          oc.rows = uint32_t(mb), oc.cols = uint32_t(nb), oc.src = c_tile;
+          oc.dst = {blk.c, uint32_t(blk.ldc), 0, 0, TileLayout::Nd, s_.out};
+          b.copy(Path::L0CToGmNz2Nd, uint32_t(mb * nb * eo),
+                 sim::GmRegion{blk.c, uint32_t(mb), uint32_t(nb * eo), uint64_t(blk.ldc * eo)}, oc);
+        }
+        b.set_flag(Pipe::Fixpipe, Pipe::M, cbuf);
       }
-      b.set_flag(Pipe::M, Pipe::Fixpipe, cbuf);
-      b.wait_flag(Pipe::M, Pipe::Fixpipe, cbuf);
-      sim::Operands oc;
-      oc.rows = uint32_t(mb), oc.cols = uint32_t(nb), oc.src = c_tile;
-      oc.dst = {blocks.c + (blk.row0 * N + blk.col0) * eo, uint32_t(N), 0, 0, TileLayout::Nd, s_.out};
-      b.copy(Path::L0CToGmNz2Nd, uint32_t(mb * nb * eo),
-             sim::GmRegion{oc.dst.offset, uint32_t(mb), uint32_t(nb * eo), uint64_t(N * eo)}, oc);
-      b.set_flag(Pipe::Fixpipe, Pipe::M, cbuf);
+      if (blocks.after_item) blocks.after_item(b, c, n);
     }
     // Consume the flags primed at the start so every event is balanced.
     for (int s = 0; s < t_.stages; ++s) b.wait_flag(Pipe::Mte1, Pipe::Mte2, s);
@@ -305,11 +323,13 @@ sim::Program GemmKernel::lower(const sim::HardwareSpec& hw, bool functional) con
   const GemmGm g = place(s_);
   GemmBlocks blocks;
   blocks.name = name();
-  blocks.a = g.a, blocks.c = g.c, blocks.a_rows = s_.m, blocks.footprint = g.footprint;
-  const int64_t mblocks = ceil_div(s_.m, t_.m1), nblocks = ceil_div(s_.n, t_.n1);
+  blocks.a = g.a, blocks.a_rows = s_.m, blocks.footprint = g.footprint;
+  const int64_t mblocks = ceil_div(s_.m, t_.m1), nblocks = ceil_div(s_.n, t_.n1), eo = elt_bytes(s_.out);
   for (int64_t i = 0; i < mblocks * nblocks; ++i) {
     auto [mi, ni] = swizzle_block(i, mblocks, nblocks, t_.swizzle_offset, t_.swizzle_direction);
-    blocks.list.push_back({mi * t_.m1, std::min(t_.m1, s_.m - mi * t_.m1), ni * t_.n1, std::min(t_.n1, s_.n - ni * t_.n1), g.b});
+    const int64_t row0 = mi * t_.m1, col0 = ni * t_.n1;
+    blocks.list.push_back({row0, std::min(t_.m1, s_.m - row0), col0, std::min(t_.n1, s_.n - col0), g.b,
+                           g.c + static_cast<uint64_t>((row0 * s_.n + col0) * eo), s_.n});
   }
   return lower_gemm_blocks(s_, t_, blocks, hw, functional);
 }

@@ -72,20 +72,30 @@ GemmTiling parse_gemm_tiling(const std::optional<YamlNode>& tiling, GemmTiling d
 // Buffer capacity, alignment, divisibility, stages, cores and swizzle of a tiling for a shape.
 Status check_gemm_tiling(const GemmShape& s, const GemmTiling& t, const sim::HardwareSpec& hw);
 
-// One C block of a (grouped) GEMM: rows [row0, row0 + mb) of A and C, columns [col0, col0 + nb) of
-// B and C, with `b` the GM address of the B matrix this block multiplies.
+// One C block of a (grouped) GEMM: rows [row0, row0 + mb) of A, columns [col0, col0 + nb) of B,
+// with `b` the GM address of the B matrix this block multiplies; the block is written row-major
+// at GM address `c` with a row stride of `ldc` elements (a fused kernel may send it elsewhere).
 struct GemmBlock {
   int64_t row0, mb, col0, nb;
   uint64_t b;
+  uint64_t c = 0;
+  int64_t ldc = 0;
 };
 
-// The blocks of one program, in the order cores take them (round-robin), and where A and C live.
+// The blocks of one program and where A lives. Blocks are dealt in items of `item_blocks`
+// consecutive blocks, item i to core i % cores. A fused kernel hooks into each item: before its
+// first block and after its last block's output (with the AIC's builder, its core index and `n`
+// counting that core's items), and may replace the FIXPIPE write of a block's accumulator
+// (`c_tile` in L0C).
 struct GemmBlocks {
   std::string name;
   std::vector<GemmBlock> list;
-  uint64_t a = 0, c = 0, footprint = 0;
+  uint64_t a = 0, footprint = 0;
   int64_t a_rows = 0;                  // rows of A (the column-major stride)
   uint32_t scalar_cycles_per_core = 0;  // scalar bookkeeping before the first block
+  int item_blocks = 1;
+  std::function<void(sim::CoreBuilder&, int core, int64_t n)> before_item, after_item;
+  std::function<void(sim::CoreBuilder&, int core, int64_t n, const GemmBlock&, const sim::TileRef& c_tile)> write_c;
 };
 
 // The shared lowering of GEMM and grouped GEMM (see the file comment above).

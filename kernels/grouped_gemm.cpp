@@ -86,20 +86,13 @@ sim::Program GroupedGemmKernel::lower(const sim::HardwareSpec& hw, bool function
   GroupedGm g = place(s_, rows_, total);
   GemmBlocks blocks;
   blocks.name = name();
-  blocks.a = g.a, blocks.c = g.c, blocks.a_rows = total, blocks.footprint = g.footprint;
+  blocks.a = g.a, blocks.a_rows = total, blocks.footprint = g.footprint;
   // Every core walks the whole group list to find its blocks.
   blocks.scalar_cycles_per_core = static_cast<uint32_t>(hw.scalar_group_cycles * static_cast<double>(rows_.size()));
-  const int64_t nblocks = ceil_div(s_.n, t_.n1);
-  int64_t row0 = 0;
-  for (size_t grp = 0; grp < rows_.size(); ++grp) {
-    const int64_t m = rows_[grp], mblocks = ceil_div(m, t_.m1);
-    for (int64_t i = 0; i < mblocks * nblocks; ++i) {
-      auto [mi, ni] = swizzle_block(i, mblocks, nblocks, t_.swizzle_offset, t_.swizzle_direction);
-      blocks.list.push_back({row0 + mi * t_.m1, std::min(t_.m1, m - mi * t_.m1), ni * t_.n1,
-                             std::min(t_.n1, s_.n - ni * t_.n1), g.b[grp]});
-    }
-    row0 += m;
-  }
+  const int64_t eo = sim::dtype_bytes(s_.out);
+  for_each_group_block(rows_, s_.n, t_, [&](size_t grp, int64_t row0, int64_t mb, int64_t col0, int64_t nb) {
+    blocks.list.push_back({row0, mb, col0, nb, g.b[grp], g.c + static_cast<uint64_t>((row0 * s_.n + col0) * eo), s_.n});
+  });
   return lower_gemm_blocks(s_, t_, blocks, hw, functional);
 }
 
@@ -143,9 +136,21 @@ GemmTiling default_grouped_gemm_tiling(const GemmShape& s, const std::vector<int
   return t;
 }
 
-std::unique_ptr<Kernel> make_grouped_gemm(const YamlNode& w, const std::optional<YamlNode>& tiling,
-                                          const sim::HardwareSpec& hw) {
-  GemmShape s = parse_gemm_shape(w, hw, /*with_m=*/false);
+void for_each_group_block(const std::vector<int64_t>& rows, int64_t n, const GemmTiling& t,
+                          const std::function<void(size_t, int64_t, int64_t, int64_t, int64_t)>& f) {
+  const int64_t nblocks = ceil_div(n, t.n1);
+  int64_t row0 = 0;
+  for (size_t grp = 0; grp < rows.size(); ++grp) {
+    const int64_t m = rows[grp], mblocks = ceil_div(m, t.m1);
+    for (int64_t i = 0; i < mblocks * nblocks; ++i) {
+      auto [mi, ni] = swizzle_block(i, mblocks, nblocks, t.swizzle_offset, t.swizzle_direction);
+      f(grp, row0 + mi * t.m1, std::min(t.m1, m - mi * t.m1), ni * t.n1, std::min(t.n1, n - ni * t.n1));
+    }
+    row0 += m;
+  }
+}
+
+std::vector<int64_t> parse_group_rows(const YamlNode& w) {
   std::vector<int64_t> rows;
   auto explicit_rows = w.get("group_rows");
   auto routing = w.get("routing");
@@ -163,6 +168,14 @@ std::unique_ptr<Kernel> make_grouped_gemm(const YamlNode& w, const std::optional
   }
   const int64_t total = std::accumulate(rows.begin(), rows.end(), int64_t{0});
   if (total > (int64_t(1) << 30)) w.fail("the groups hold more than 2^30 rows in total");
+  return rows;
+}
+
+std::unique_ptr<Kernel> make_grouped_gemm(const YamlNode& w, const std::optional<YamlNode>& tiling,
+                                          const sim::HardwareSpec& hw) {
+  GemmShape s = parse_gemm_shape(w, hw, /*with_m=*/false);
+  std::vector<int64_t> rows = parse_group_rows(w);
+  const int64_t total = std::accumulate(rows.begin(), rows.end(), int64_t{0});
   GemmTiling t = default_grouped_gemm_tiling(s, rows, hw);
   t = parse_gemm_tiling(tiling, t, std::max<int64_t>(1, total), s.n, hw, s.in);
   return std::make_unique<GroupedGemmKernel>(s, std::move(rows), t, !tiling.has_value());

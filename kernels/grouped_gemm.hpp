@@ -44,6 +44,14 @@ class GroupedGemmKernel : public Kernel {
 GemmTiling default_grouped_gemm_tiling(const GemmShape& s, const std::vector<int64_t>& rows,
                                       const sim::HardwareSpec& hw);
 
+// Calls f(group, row0, mb, col0, nb) for every C block of every non-empty group of a [rows] x n
+// grouped output, each group's blocks in the tiling's swizzled order.
+void for_each_group_block(const std::vector<int64_t>& rows, int64_t n, const GemmTiling& t,
+                          const std::function<void(size_t, int64_t, int64_t, int64_t, int64_t)>& f);
+
+// Rows per group from `group_rows` or a seeded `routing` draw (the keys of a grouped GEMM).
+std::vector<int64_t> parse_group_rows(const YamlNode& workload);
+
 std::unique_ptr<Kernel> make_grouped_gemm(const YamlNode& workload, const std::optional<YamlNode>& tiling,
                                           const sim::HardwareSpec& hw);
 

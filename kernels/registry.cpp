@@ -4,6 +4,8 @@
 #include "kernels/elementwise.hpp"
 #include "kernels/gemm.hpp"
 #include "kernels/grouped_gemm.hpp"
+#include "kernels/grouped_gemm_finalize.hpp"
+#include "kernels/grouped_gemm_swiglu.hpp"
 #include "kernels/swiglu.hpp"
 #include "kernels/combine.hpp"
 #include "kernels/gating.hpp"
@@ -16,6 +18,8 @@ const std::vector<KernelEntry>& kernel_registry() {
   static const std::vector<KernelEntry> kEntries{
       {"gemm", "C = A x B on the cube cores (tiling: l1, l0, swizzle, stages, cores)", make_gemm},
       {"grouped_gemm", "per-group C = A x B_g over rows per expert (group_rows or a seeded routing)", make_grouped_gemm},
+      {"grouped_gemm_swiglu", "GMM1 + SwiGLU fused: cube blocks of W13 handed to the AIVs through a GM workspace (2201) or L0C->UB (3510)", make_grouped_gemm_swiglu},
+      {"grouped_gemm_finalize", "GMM2 + finalize fused: expert rows scaled and atomically added into residual + shared token rows", make_grouped_gemm_finalize},
       {"swiglu", "out = silu(g) * u over [g | u] rows on the AIVs (clamp, row weights; tiling: rows_per_tile, buffers, cores)", make_swiglu},
       {"combine", "MoE finalize: residual + shared + sum of (weighted) expert rows gathered by the routing", make_combine},
       {"gating", "MoE gate on the AIVs: scores, bias for choosing, group-limited stable top-k, normalize, route scale", make_gating},

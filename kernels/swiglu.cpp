@@ -27,6 +27,62 @@ int64_t SwigluKernel::ub_bytes_per_set(const SwigluShape& s, int64_t rows) {
   return 2 * n * in + 3 * n * 4 + n * out + round_up(rows * 4, 32);
 }
 
+SwigluUb swiglu_ub(const SwigluShape& s, uint64_t base, int64_t elems) {
+  const uint64_t n = static_cast<uint64_t>(elems), in_b = sim::dtype_bytes(s.in), out_b = sim::dtype_bytes(s.out);
+  const uint64_t g32 = base + 2 * n * in_b, out = g32 + 12 * n;
+  return {base, base + n * in_b, g32, g32 + 4 * n, g32 + 8 * n, out, out + n * out_b};
+}
+
+void emit_swiglu_vector(sim::CoreBuilder& b, const SwigluShape& s, const SwigluUb& u, int64_t rows, int64_t cols) {
+  const int64_t n = rows * cols;
+  const int64_t per_instr = kMaxRepeat * kRepeatBytes / 4;  // fp32 elements per vector instruction
+  // One vector instruction stream over n elements starting at UB offsets (flat views).
+  auto vec = [&](VecOp op, DType dt, uint64_t dst, DType dst_t, uint64_t src, uint64_t src2, int64_t count, double scalar = 0) {
+    for (int64_t done = 0; done < count; done += per_instr) {
+      const int64_t cnt = std::min(per_instr, count - done);
+      sim::Operands o;
+      o.src = {src + done * sim::dtype_bytes(dt), 0, 0, 0, TileLayout::Flat, dt};
+      o.src2 = {src2 + done * sim::dtype_bytes(dt), 0, 0, 0, TileLayout::Flat, dt};
+      o.dst = {dst + done * sim::dtype_bytes(dst_t), 0, 0, 0, TileLayout::Flat, dst_t};
+      o.scalar = scalar;
+      b.vec(op, dt, uint32_t(cnt), o);
+    }
+  };
+  uint64_t g = u.g, up = u.u;
+  if (s.in != DType::Fp32) {
+    vec(VecOp::Cast, s.in, u.g32, DType::Fp32, u.g, u.g, n);
+    vec(VecOp::Cast, s.in, u.u32, DType::Fp32, u.u, u.u, n);
+    g = u.g32, up = u.u32;
+  }
+  if (s.clamp) {
+    vec(VecOp::Mins, DType::Fp32, g, DType::Fp32, g, g, n, *s.clamp);
+    vec(VecOp::Maxs, DType::Fp32, up, DType::Fp32, up, up, n, -*s.clamp);
+    vec(VecOp::Mins, DType::Fp32, up, DType::Fp32, up, up, n, *s.clamp);
+  }
+  // silu(g) = g / (1 + exp(-g)), then times u.
+  vec(VecOp::Muls, DType::Fp32, u.t, DType::Fp32, g, g, n, -1.0);
+  vec(VecOp::Exp, DType::Fp32, u.t, DType::Fp32, u.t, u.t, n);
+  vec(VecOp::Adds, DType::Fp32, u.t, DType::Fp32, u.t, u.t, n, 1.0);
+  vec(VecOp::Div, DType::Fp32, u.t, DType::Fp32, g, u.t, n);
+  vec(VecOp::Mul, DType::Fp32, u.t, DType::Fp32, u.t, up, n);
+  if (s.row_weights) {
+    for (int64_t r = 0; r < rows; ++r) {
+      b.scalar(1);  // the scalar unit loads the row's weight from UB
+      for (int64_t done = 0; done < cols; done += per_instr) {
+        const int64_t cnt = std::min(per_instr, cols - done);
+        sim::Operands o;
+        o.src = {u.t + (r * cols + done) * 4, 0, 0, 0, TileLayout::Flat, DType::Fp32};
+        o.dst = o.src;
+        o.src2 = {u.w + r * 4, 0, 0, 0, TileLayout::Flat, DType::Fp32};
+        o.scalar_from_src2 = true;
+        b.vec(VecOp::Muls, DType::Fp32, uint32_t(cnt), o);
+      }
+    }
+  }
+  if (s.out == DType::Fp32) vec(VecOp::Muls, DType::Fp32, u.out, DType::Fp32, u.t, u.t, n, 1.0);  // move
+  else vec(VecOp::Cast, DType::Fp32, u.out, s.out, u.t, u.t, n);
+}
+
 std::string SwigluKernel::name() const {
   return fmt::format("swiglu_{}x{}_{}{}", s_.rows, s_.inter, sim::dtype_name(s_.in), s_.clamp ? "_clamp" : "");
 }
@@ -92,42 +148,21 @@ sim::Program SwigluKernel::lower(const sim::HardwareSpec&, bool functional) cons
   const int nb = t_.buffers;
   const uint64_t set = static_cast<uint64_t>(ub_bytes_per_set(s_, t_.rows_per_tile));
   const int64_t rpt = t_.rows_per_tile;
-  // UB layout of buffer set q (offsets in bytes).
-  struct Ub {
-    uint64_t g, u, g32, u32, t, out, w;
-  };
-  auto ub = [&](int q) {
-    const uint64_t base = q * set, n = static_cast<uint64_t>(rpt * I);
-    return Ub{base, base + n * in_b, base + 2 * n * in_b, base + 2 * n * in_b + 4 * n, base + 2 * n * in_b + 8 * n,
-              base + 2 * n * in_b + 12 * n, base + 2 * n * in_b + 12 * n + n * out_b};
-  };
+  auto ub = [&](int q) { return swiglu_ub(s_, q * set, rpt * I); };
   const uint64_t g_off = s_.gate_first ? 0 : static_cast<uint64_t>(I * in_b);
   const uint64_t u_off = s_.gate_first ? static_cast<uint64_t>(I * in_b) : 0;
-  const int64_t per_instr = kMaxRepeat * kRepeatBytes / 4;  // fp32 elements per vector instruction
 
   for (int c = 0; c < cores; ++c) {
     const int64_t first = tiles * c / cores, last = tiles * (c + 1) / cores;
     sim::CoreProgram cp{sim::CoreKind::Aiv, c, {}, {}};
     sim::CoreBuilder b(cp, functional);
-    // One vector instruction stream over n fp32 elements starting at UB offsets (flat views).
-    auto vec = [&](VecOp op, DType dt, uint64_t dst, DType dst_t, uint64_t src, uint64_t src2, int64_t n, double scalar = 0) {
-      for (int64_t done = 0; done < n; done += per_instr) {
-        const int64_t cnt = std::min(per_instr, n - done);
-        sim::Operands o;
-        o.src = {src + done * sim::dtype_bytes(dt), 0, 0, 0, TileLayout::Flat, dt};
-        o.src2 = {src2 + done * sim::dtype_bytes(dt), 0, 0, 0, TileLayout::Flat, dt};
-        o.dst = {dst + done * sim::dtype_bytes(dst_t), 0, 0, 0, TileLayout::Flat, dst_t};
-        o.scalar = scalar;
-        b.vec(op, dt, uint32_t(cnt), o);
-      }
-    };
     for (int q = 0; q < nb; ++q) {
       b.set_flag(Pipe::V, Pipe::Mte2, q);
       b.set_flag(Pipe::Mte3, Pipe::V, q);
     }
     for (int64_t t = first; t < last; ++t) {
       const int q = static_cast<int>((t - first) % nb);
-      const Ub u = ub(q);
+      const SwigluUb u = ub(q);
       const int64_t row0 = t * rpt, rows = std::min(rpt, s_.rows - row0), n = rows * I;
       b.wait_flag(Pipe::V, Pipe::Mte2, q);
       // The g and u halves: `rows` strided rows each.
@@ -148,39 +183,7 @@ sim::Program SwigluKernel::lower(const sim::HardwareSpec&, bool functional) cons
       b.set_flag(Pipe::Mte2, Pipe::V, q);
       b.wait_flag(Pipe::Mte2, Pipe::V, q);
       b.wait_flag(Pipe::Mte3, Pipe::V, q);
-      uint64_t g = u.g, up = u.u;
-      if (s_.in != DType::Fp32) {
-        vec(VecOp::Cast, s_.in, u.g32, DType::Fp32, u.g, u.g, n);
-        vec(VecOp::Cast, s_.in, u.u32, DType::Fp32, u.u, u.u, n);
-        g = u.g32, up = u.u32;
-      }
-      if (s_.clamp) {
-        vec(VecOp::Mins, DType::Fp32, g, DType::Fp32, g, g, n, *s_.clamp);
-        vec(VecOp::Maxs, DType::Fp32, up, DType::Fp32, up, up, n, -*s_.clamp);
-        vec(VecOp::Mins, DType::Fp32, up, DType::Fp32, up, up, n, *s_.clamp);
-      }
-      // silu(g) = g / (1 + exp(-g)), then times u.
-      vec(VecOp::Muls, DType::Fp32, u.t, DType::Fp32, g, g, n, -1.0);
-      vec(VecOp::Exp, DType::Fp32, u.t, DType::Fp32, u.t, u.t, n);
-      vec(VecOp::Adds, DType::Fp32, u.t, DType::Fp32, u.t, u.t, n, 1.0);
-      vec(VecOp::Div, DType::Fp32, u.t, DType::Fp32, g, u.t, n);
-      vec(VecOp::Mul, DType::Fp32, u.t, DType::Fp32, u.t, up, n);
-      if (s_.row_weights) {
-        for (int64_t r = 0; r < rows; ++r) {
-          b.scalar(1);  // the scalar unit loads the row's weight from UB
-          for (int64_t done = 0; done < I; done += per_instr) {
-            const int64_t cnt = std::min(per_instr, I - done);
-            sim::Operands o;
-            o.src = {u.t + (r * I + done) * 4, 0, 0, 0, TileLayout::Flat, DType::Fp32};
-            o.dst = o.src;
-            o.src2 = {u.w + r * 4, 0, 0, 0, TileLayout::Flat, DType::Fp32};
-            o.scalar_from_src2 = true;
-            b.vec(VecOp::Muls, DType::Fp32, uint32_t(cnt), o);
-          }
-        }
-      }
-      if (s_.out == DType::Fp32) vec(VecOp::Muls, DType::Fp32, u.out, DType::Fp32, u.t, u.t, n, 1.0);  // move
-      else vec(VecOp::Cast, DType::Fp32, u.out, s_.out, u.t, u.t, n);
+      emit_swiglu_vector(b, s_, u, rows, I);
       b.set_flag(Pipe::V, Pipe::Mte2, q);
       b.set_flag(Pipe::V, Pipe::Mte3, q);
       b.wait_flag(Pipe::V, Pipe::Mte3, q);

@@ -56,6 +56,18 @@ class SwigluKernel : public Kernel {
   bool default_;
 };
 
+// UB addresses of one SwiGLU buffer set of `elems` elements from `base`: the g and u halves in the
+// input type, g32 / u32 / t in fp32, the output, the rows' weights (ub_bytes_per_set bytes).
+struct SwigluUb {
+  uint64_t g, u, g32, u32, t, out, w;
+};
+SwigluUb swiglu_ub(const SwigluShape& s, uint64_t base, int64_t elems);
+
+// The vector work of a tile of `rows` rows of `cols` elements already in UB (g at u.g, u at u.u,
+// each row-contiguous; weights at u.w): result in u.out in the output type. With fp32 input, g and
+// u are clamped in place.
+void emit_swiglu_vector(sim::CoreBuilder& b, const SwigluShape& s, const SwigluUb& u, int64_t rows, int64_t cols);
+
 SwigluTiling default_swiglu_tiling(const SwigluShape& s, const sim::HardwareSpec& hw);
 
 std::unique_ptr<Kernel> make_swiglu(const YamlNode& workload, const std::optional<YamlNode>& tiling,

@@ -32,6 +32,7 @@ Endpoints endpoints(Path p) {
     case Path::L0CToL1: return {Buffer::L0C, Buffer::L1};
     case Path::UbToGm: return {Buffer::Ub, Buffer::Gm};
     case Path::UbToUb: return {Buffer::Ub, Buffer::Ub};
+    case Path::L0CToUb: return {Buffer::L0C, Buffer::Ub};
     default: break;
   }
   throw SimError(fmt::format("functional runs do not model path {} yet", path_name(p)));
@@ -214,7 +215,7 @@ void Replay::start(const WorkRecord& w, Staged& s) {
   switch (ins.op) {
     case Op::Copy: {
       Endpoints ep = endpoints(ins.path);
-      if (o.src.dtype == o.dst.dtype) read_tile(w.unit, ep.src, o.src, o.rows, o.cols, s.raw);
+      if (o.src.dtype == o.dst.dtype && !o.accumulate) read_tile(w.unit, ep.src, o.src, o.rows, o.cols, s.raw);
       else read_values(w.unit, ep.src, o.src, o.rows, o.cols, s.d0);
       break;
     }
@@ -257,8 +258,17 @@ void Replay::finish(const WorkRecord& w, Staged& s) {
   switch (ins.op) {
     case Op::Copy: {
       Endpoints ep = endpoints(ins.path);
-      if (o.src.dtype == o.dst.dtype) write_tile(w.unit, ep.dst, o.dst, o.rows, o.cols, s.raw.data());
-      else write_values(w.unit, ep.dst, o.dst, o.rows, o.cols, s.d0.data());
+      const uint32_t dst_unit = ins.path == Path::L0CToUb ? mem_.sibling_unit(w.unit, o.sibling) : w.unit;
+      if (o.accumulate) {  // atomic add: read, add, round once, at the write's time
+        if (ep.dst != Buffer::Gm) bad_operand(w, "only copies into GM can accumulate (atomic add)");
+        read_values(dst_unit, ep.dst, o.dst, o.rows, o.cols, s.d1);
+        for (size_t i = 0; i < s.d1.size(); ++i) s.d1[i] += s.d0[i];
+        write_values(dst_unit, ep.dst, o.dst, o.rows, o.cols, s.d1.data());
+      } else if (o.src.dtype == o.dst.dtype) {
+        write_tile(dst_unit, ep.dst, o.dst, o.rows, o.cols, s.raw.data());
+      } else {
+        write_values(dst_unit, ep.dst, o.dst, o.rows, o.cols, s.d0.data());
+      }
       break;
     }
     case Op::Mmad: {
@@ -461,7 +471,12 @@ void Replay::finish_structured(const WorkRecord& w, const Instr& ins, const Oper
 
 FunctionalMemory::FunctionalMemory(const HardwareSpec& hw, const Program& prog) : gm_(prog.gm_footprint_bytes, 0) {
   local_.resize(prog.cores.size());
+  aiv_unit_.assign(static_cast<size_t>(hw.num_aiv), -1);
+  aiv_per_aic_ = hw.aiv_per_aic;
   for (size_t u = 0; u < prog.cores.size(); ++u) {
+    core_index_.push_back(prog.cores[u].index);
+    if (prog.cores[u].kind == CoreKind::Aiv && prog.cores[u].index < hw.num_aiv)
+      aiv_unit_[static_cast<size_t>(prog.cores[u].index)] = static_cast<int>(u);
     auto& b = local_[u];
     if (prog.cores[u].kind == CoreKind::Aic) {
       b[static_cast<int>(Buffer::L1)].assign(hw.aic.l1_bytes, 0);
@@ -480,6 +495,14 @@ uint64_t FunctionalMemory::bytes_needed(const HardwareSpec& hw, const Program& p
     n += c.kind == CoreKind::Aic ? hw.aic.l1_bytes + hw.aic.l0a_bytes + hw.aic.l0b_bytes + hw.aic.l0c_bytes
                                  : hw.aiv.ub_bytes;
   return n;
+}
+
+uint32_t FunctionalMemory::sibling_unit(uint32_t aic_unit, int sibling) const {
+  const int64_t aiv = int64_t(core_index_[aic_unit]) * aiv_per_aic_ + sibling;
+  if (sibling >= aiv_per_aic_ || aiv >= static_cast<int64_t>(aiv_unit_.size()) || aiv_unit_[aiv] < 0)
+    throw SimError(fmt::format("functional run: L0C->UB names AIV {} (sibling {} of AIC {}), which is not in the program",
+                               aiv, sibling, core_index_[aic_unit]));
+  return static_cast<uint32_t>(aiv_unit_[aiv]);
 }
 
 uint8_t* FunctionalMemory::buffer(uint32_t unit, Buffer b, uint64_t offset, uint64_t end) {
@@ -532,6 +555,10 @@ void replay_in_order(const Program& prog, const SimResult& timed, FunctionalMemo
 // core can be replayed on its own. Writes are taken row by row (tiles of different cores share
 // rows); reads by their bounding interval (conservative).
 bool cores_share_gm(const Program& prog) {
+  // A core that writes another core's buffer (L0C->UB) is ordered only by the global time.
+  for (const auto& c : prog.cores)
+    for (const Instr& ins : c.code)
+      if (ins.op == Op::Copy && ins.path == Path::L0CToUb) return true;
   struct Span {
     uint64_t begin, end;
     uint32_t unit;

@@ -92,7 +92,11 @@ struct TileRef {
 struct Operands {
   TileRef src, src2, dst;  // copy: src -> dst; MMAD: A (L0A), B (L0B) -> C (L0C); vector: src, src2 -> dst
   uint32_t rows = 0, cols = 0;  // copy tile shape (padding up to the NZ fractal is zero-filled); structured vector ops above
-  bool accumulate = false;      // MMAD: add into C instead of overwriting it
+  // MMAD: add into C instead of overwriting it. Copy into GM: an atomic add (SetAtomicAdd), the
+  // destination becoming dst + src, rounded once to the destination dtype.
+  bool accumulate = false;
+  // L0CToUb: which of the AIC's AIVs receives the tile (AIV aic * aiv_per_aic + sibling).
+  uint8_t sibling = 0;
   // Vector ops with a scalar operand (muls, adds, maxs, mins, dup; arange's start, extract's choice):
   // the immediate `scalar`, or, when `scalar_from_src2`, the value at src2 that the scalar unit
   // loaded (a routing weight, say).
