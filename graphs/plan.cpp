@@ -3,7 +3,12 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
+
 #include <algorithm>
+#include <atomic>
+#include <numeric>
 #include <cmath>
 #include <map>
 #include <set>
@@ -167,7 +172,7 @@ class Executor {
   void generate_inputs();
   std::vector<double> graph_input(const TensorDesc& t, size_t index) const;
   std::vector<int32_t> reference_picks() const;
-  void set_ids(const std::string& tensor);
+  void simulate_all(std::vector<KernelRun>& kernels) const;
 
   const Graph& g_;
   const sim::HardwareSpec& hw_;
@@ -525,6 +530,25 @@ Built Executor::build(const KernelGroup& grp) {
   throw InternalError("fusion rule " + grp.rule + " has no kernel");
 }
 
+// Timing-only runs know the routing before any kernel runs (a draw, or the reference gate), so the
+// kernels are independent simulations: run them on every worker thread, the largest first.
+void Executor::simulate_all(std::vector<KernelRun>& kernels) const {
+  std::vector<size_t> order(kernels.size());
+  std::vector<double> size(kernels.size());
+  for (size_t i = 0; i < kernels.size(); ++i) order[i] = i, size[i] = kernels[i].kernel->estimated_instructions();
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return size[a] > size[b]; });
+  std::atomic<size_t> next{0};
+  const int workers = std::max(1, std::min<int>(tbb::this_task_arena::max_concurrency(), static_cast<int>(order.size())));
+  tbb::parallel_for(0, workers, [&](int) {
+    for (size_t j; (j = next++) < order.size();) {
+      KernelRun& kr = kernels[order[j]];
+      const sim::Program prog = kr.kernel->lower(hw_, false);
+      kr.sim = sim::simulate(hw_, prog, opt_.sim);
+      kr.time_us = hw_.cycles_to_us(kr.sim.cycles);
+    }
+  });
+}
+
 GraphRun Executor::run(const FusionPlan& plan) {
   for (const auto& op : g_.ops)
     if (op.kind == "topk" || op.kind == "hash_topk") {
@@ -554,12 +578,13 @@ GraphRun Executor::run(const FusionPlan& plan) {
         if (auto it = written_by.find(t); it != written_by.end()) after.insert(it->second);
     kr.after.assign(after.begin(), after.end());
 
-    sim::Program prog = b.kernel->lower(hw_, opt_.functional);
-    sim::SimOptions so = opt_.sim;
-    so.record_work = opt_.functional;
-    kr.sim = sim::simulate(hw_, prog, so);
-    kr.time_us = hw_.cycles_to_us(kr.sim.cycles);
+    kr.kernel = std::move(b.kernel);
     if (opt_.functional) {
+      sim::Program prog = kr.kernel->lower(hw_, true);
+      sim::SimOptions so = opt_.sim;
+      so.record_work = true;
+      kr.sim = sim::simulate(hw_, prog, so);
+      kr.time_us = hw_.cycles_to_us(kr.sim.cycles);
       sim::FunctionalMemory mem(hw_, prog);
       std::vector<std::vector<double>> inputs;
       for (size_t i = 0; i < tensors.size(); ++i) {
@@ -574,7 +599,7 @@ GraphRun Executor::run(const FusionPlan& plan) {
         kernels::write_tensor(mem.gm(), tensors[i], inputs.back());
       }
       sim::run_functional(prog, kr.sim, mem);
-      kr.validation = kernels::validate_outputs(*b.kernel, inputs, mem.gm());
+      kr.validation = kernels::validate_outputs(*kr.kernel, inputs, mem.gm());
       for (size_t i = 0; i < tensors.size(); ++i)
         if (tensors[i].output && !b.bind[i].tensor.empty()) {
           std::vector<double> v = kernels::read_tensor(mem.gm(), tensors[i]);
@@ -593,9 +618,9 @@ GraphRun Executor::run(const FusionPlan& plan) {
       const auto& ids = routing();
       values_[ids_tensor_].assign(ids.begin(), ids.end());
     }
-    kr.kernel = std::move(b.kernel);
     run.kernels.push_back(std::move(kr));
   }
+  if (!opt_.functional) simulate_all(run.kernels);
   if (!ids_tensor_.empty()) {
     run.tokens_per_expert = kernels::tokens_per_expert(routing(), experts_);
     run.imbalance = kernels::imbalance(run.tokens_per_expert);

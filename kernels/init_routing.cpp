@@ -171,7 +171,7 @@ double InitRoutingKernel::estimated_instructions() const {
   for (int64_t f = 0; f < N; ++f)
     if (int64_t& q = seen[s_.expert_of[f]]; q != f / t_.chunk) q = f / t_.chunk, ++segments;
   const int64_t kept = std::accumulate(layout_.kept.begin(), layout_.kept.end(), int64_t{0});
-  const double col_chunks = static_cast<double>(ceil_div(s_.hidden, t_.cols_per_tile));
+  const double col_chunks = s_.hidden > 0 ? static_cast<double>(ceil_div(s_.hidden, t_.cols_per_tile)) : 0.0;  // layout only: no rows
   const double rows = kept * col_chunks * (2 + 5.0 / t_.rows_per_tile) +
                       (layout_.rows - kept) * col_chunks / t_.rows_per_tile;
   const double passes = by_probability(s_) ? chunks * 48.0 + segments * 2.0 + E * 20.0
