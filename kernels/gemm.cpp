@@ -360,7 +360,7 @@ GemmShape parse_gemm_shape(const YamlNode& w, const sim::HardwareSpec& hw, bool 
   auto dt = [&](const YamlNode& n, std::vector<std::string> choices) {
     return *sim::dtype_from_name(n.as_enum(choices));
   };
-  s.in = dt(w.at("dtype"), {"fp16", "bf16", "fp32", "int8"});
+  s.in = dt(w.at("dtype"), {"fp16", "bf16", "fp32", "int8", "fp8"});
   if (!hw.aic.cube_k0[static_cast<int>(s.in)])
     w.at("dtype").fail(fmt::format("{} has no {} cube (supported: see `npusim hw show {}`)", hw.name,
                                    sim::dtype_name(s.in), hw.name));

@@ -30,8 +30,8 @@ constexpr std::array<PathInfo, kNumPaths> kPaths{{
 }};
 
 constexpr std::array<std::string_view, kNumPipes> kPipeNames{"S", "MTE2", "MTE1", "M", "FIXPIPE", "V", "MTE3"};
-constexpr std::array<std::string_view, kNumDTypes> kDTypeNames{"fp16", "bf16", "fp32", "int8", "int32"};
-constexpr std::array<int, kNumDTypes> kDTypeBytes{2, 2, 4, 1, 4};
+constexpr std::array<std::string_view, kNumDTypes> kDTypeNames{"fp16", "bf16", "fp32", "int8", "int32", "fp8"};
+constexpr std::array<int, kNumDTypes> kDTypeBytes{2, 2, 4, 1, 4, 1};
 constexpr std::array<std::string_view, kNumVecOps> kVecOpNames{
     "add", "sub", "mul", "max", "min", "muls", "adds", "maxs", "mins", "exp", "ln", "sqrt", "div", "relu", "cast", "dup",
     "reduce_sum", "reduce_max", "arange", "sort32", "mrgsort", "extract", "gather", "scatter", "histogram", "cumsum"};
@@ -62,7 +62,7 @@ std::optional<DType> dtype_from_name(std::string_view name) {
 
 num::Format number_format(DType d) {
   constexpr std::array<num::Format, kNumDTypes> kFormats{num::Format::Fp16, num::Format::Bf16, num::Format::Fp32,
-                                                         num::Format::Int8, num::Format::Int32};
+                                                         num::Format::Int8, num::Format::Int32, num::Format::Fp8E4M3};
   return kFormats[static_cast<int>(d)];
 }
 

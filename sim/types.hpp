@@ -48,7 +48,7 @@ Pipe path_pipe(Path p);
 bool path_reads_gm(Path p);
 bool path_writes_gm(Path p);
 
-enum class DType : uint8_t { Fp16, Bf16, Fp32, Int8, Int32, Count };
+enum class DType : uint8_t { Fp16, Bf16, Fp32, Int8, Int32, Fp8, Count };  // Fp8: OCP E4M3FN
 inline constexpr int kNumDTypes = static_cast<int>(DType::Count);
 std::string_view dtype_name(DType d);
 std::optional<DType> dtype_from_name(std::string_view name);
