@@ -33,6 +33,7 @@ Endpoints endpoints(Path p) {
     case Path::UbToGm: return {Buffer::Ub, Buffer::Gm};
     case Path::UbToUb: return {Buffer::Ub, Buffer::Ub};
     case Path::L0CToUb: return {Buffer::L0C, Buffer::Ub};
+    case Path::UbToL1: return {Buffer::Ub, Buffer::L1};
     default: break;
   }
   throw SimError(fmt::format("functional runs do not model path {} yet", path_name(p)));
@@ -258,7 +259,9 @@ void Replay::finish(const WorkRecord& w, Staged& s) {
   switch (ins.op) {
     case Op::Copy: {
       Endpoints ep = endpoints(ins.path);
-      const uint32_t dst_unit = ins.path == Path::L0CToUb ? mem_.sibling_unit(w.unit, o.sibling) : w.unit;
+      const uint32_t dst_unit = ins.path == Path::L0CToUb ? mem_.sibling_unit(w.unit, o.sibling)
+                                : ins.path == Path::UbToL1  ? mem_.parent_unit(w.unit)
+                                                            : w.unit;
       if (o.accumulate) {  // atomic add: read, add, round once, at the write's time
         if (ep.dst != Buffer::Gm) bad_operand(w, "only copies into GM can accumulate (atomic add)");
         read_values(dst_unit, ep.dst, o.dst, o.rows, o.cols, s.d1);
@@ -472,11 +475,14 @@ void Replay::finish_structured(const WorkRecord& w, const Instr& ins, const Oper
 FunctionalMemory::FunctionalMemory(const HardwareSpec& hw, const Program& prog) : gm_(prog.gm_footprint_bytes, 0) {
   local_.resize(prog.cores.size());
   aiv_unit_.assign(static_cast<size_t>(hw.num_aiv), -1);
+  aic_unit_.assign(static_cast<size_t>(hw.num_aic), -1);
   aiv_per_aic_ = hw.aiv_per_aic;
   for (size_t u = 0; u < prog.cores.size(); ++u) {
     core_index_.push_back(prog.cores[u].index);
     if (prog.cores[u].kind == CoreKind::Aiv && prog.cores[u].index < hw.num_aiv)
       aiv_unit_[static_cast<size_t>(prog.cores[u].index)] = static_cast<int>(u);
+    if (prog.cores[u].kind == CoreKind::Aic && prog.cores[u].index < hw.num_aic)
+      aic_unit_[static_cast<size_t>(prog.cores[u].index)] = static_cast<int>(u);
     auto& b = local_[u];
     if (prog.cores[u].kind == CoreKind::Aic) {
       b[static_cast<int>(Buffer::L1)].assign(hw.aic.l1_bytes, 0);
@@ -503,6 +509,14 @@ uint32_t FunctionalMemory::sibling_unit(uint32_t aic_unit, int sibling) const {
     throw SimError(fmt::format("functional run: L0C->UB names AIV {} (sibling {} of AIC {}), which is not in the program",
                                aiv, sibling, core_index_[aic_unit]));
   return static_cast<uint32_t>(aiv_unit_[aiv]);
+}
+
+uint32_t FunctionalMemory::parent_unit(uint32_t aiv_unit) const {
+  const int64_t aic = core_index_[aiv_unit] / std::max(1, aiv_per_aic_);
+  if (aic >= static_cast<int64_t>(aic_unit_.size()) || aic_unit_[aic] < 0)
+    throw SimError(fmt::format("functional run: UB->L1 of AIV {} names AIC {}, which is not in the program",
+                               core_index_[aiv_unit], aic));
+  return static_cast<uint32_t>(aic_unit_[aic]);
 }
 
 uint8_t* FunctionalMemory::buffer(uint32_t unit, Buffer b, uint64_t offset, uint64_t end) {
@@ -555,10 +569,10 @@ void replay_in_order(const Program& prog, const SimResult& timed, FunctionalMemo
 // core can be replayed on its own. Writes are taken row by row (tiles of different cores share
 // rows); reads by their bounding interval (conservative).
 bool cores_share_gm(const Program& prog) {
-  // A core that writes another core's buffer (L0C->UB) is ordered only by the global time.
+  // A core that writes another core's buffer (L0C->UB, UB->L1) is ordered only by the global time.
   for (const auto& c : prog.cores)
     for (const Instr& ins : c.code)
-      if (ins.op == Op::Copy && ins.path == Path::L0CToUb) return true;
+      if (ins.op == Op::Copy && (ins.path == Path::L0CToUb || ins.path == Path::UbToL1)) return true;
   struct Span {
     uint64_t begin, end;
     uint32_t unit;
