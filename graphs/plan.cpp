@@ -33,16 +33,16 @@ namespace npusim::graphs {
 
 const std::vector<FusionRule>& fusion_rules() {
   static const std::vector<FusionRule> kRules{
-      {"gating", {{"gating_score"}, {"topk", "hash_topk"}, {"normalize"}},
+      {"gating", {{"gating_score"}, {"topk", "hash_topk"}, {"normalize"}}, "gating",
        "scores, top-k (or hash) and normalization in one AIV kernel (CANN MoeGatingTopK): the scores and the raw "
        "weights stay in UB"},
-      {"init_routing", {{"routing_sort"}, {"permute"}},
+      {"init_routing", {{"routing_sort"}, {"permute"}}, "init_routing",
        "sort by expert, expanded row index, tokens per expert and the row gather in one AIV kernel (CANN "
        "MoeInitRoutingV2); applies when the permute carries no weights"},
-      {"gmm1_swiglu", {{"grouped_gemm"}, {"swiglu"}},
+      {"gmm1_swiglu", {{"grouped_gemm"}, {"swiglu"}}, "grouped_gemm_swiglu",
        "GMM1 on the cube feeding SwiGLU on the AIVs block by block (through a GM workspace on 2201, L0C->UB on "
        "3510): H never goes to HBM as a tensor"},
-      {"gmm2_finalize", {{"grouped_gemm"}, {"combine"}},
+      {"gmm2_finalize", {{"grouped_gemm"}, {"combine"}}, "grouped_gemm_finalize",
        "GMM2 on the cube, each expert row scaled and atomically added into residual + shared token rows by the "
        "AIVs (CANN GroupedMatmulFinalizeRouting): Y never goes to HBM as a tensor"},
   };
@@ -114,12 +114,21 @@ FusionPlan plan_fusion(const Graph& g, const std::vector<std::string>& choice, c
   return plan;
 }
 
+std::string kernel_of_op(const std::string& kind) {
+  if (kind == "gating_score" || kind == "topk" || kind == "hash_topk" || kind == "normalize") return "gating";
+  if (kind == "routing_sort") return "init_routing";
+  return kind;  // gemm, grouped_gemm, swiglu, combine, permute: a kernel of the same name
+}
+
 std::string format_plan(const Graph& g, const FusionPlan& plan) {
   std::string out = fmt::format("fusion {}: {} kernels\n", plan.label, plan.groups.size());
   for (const auto& grp : plan.groups) {
     std::vector<std::string> ops;
     for (int o : grp.ops) ops.push_back(g.ops[o].name + ":" + g.ops[o].kind);
-    out += fmt::format("  {:<16} {}\n", grp.name, fmt::join(ops, " + "));
+    std::string kernel = kernel_of_op(g.ops[grp.ops[0]].kind);
+    for (const auto& r : fusion_rules())
+      if (r.name == grp.rule) kernel = r.kernel;
+    out += fmt::format("  {:<16} {:<22} {}\n", grp.name, kernel, fmt::join(ops, " + "));
   }
   return out;
 }
@@ -521,9 +530,9 @@ Built Executor::build(const KernelGroup& grp) {
   std::vector<const OpNode*> ops;
   for (int o : grp.ops) ops.push_back(&g_.ops[o]);
   const std::string& k = ops.front()->kind;
-  if (grp.rule == "gating" || (grp.rule.empty() && (k == "gating_score" || k == "topk" || k == "hash_topk" || k == "normalize")))
-    return build_gating(ops);
-  if (grp.rule == "init_routing" || (grp.rule.empty() && k == "routing_sort")) return build_init_routing(ops);
+  const std::string kernel = grp.rule.empty() ? kernel_of_op(k) : "";
+  if (grp.rule == "gating" || kernel == "gating") return build_gating(ops);
+  if (grp.rule == "init_routing" || kernel == "init_routing") return build_init_routing(ops);
   if (grp.rule == "gmm1_swiglu") return build_gmm_swiglu(*ops[0], *ops[1]);
   if (grp.rule == "gmm2_finalize") return build_gmm_finalize(*ops[0], *ops[1]);
   if (grp.rule.empty()) return build_single(*ops.front());

@@ -30,9 +30,13 @@ namespace npusim::graphs {
 struct FusionRule {
   std::string name;
   std::vector<std::vector<std::string>> chain;  // op kinds per position (alternatives)
+  std::string kernel;                           // the kernel template (workload.op) it becomes
   std::string description;
 };
 const std::vector<FusionRule>& fusion_rules();
+
+// The kernel template an unfused op of this kind runs as.
+std::string kernel_of_op(const std::string& kind);
 
 struct KernelGroup {
   std::string name;       // the rule's name, or the op's name when unfused
