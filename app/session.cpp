@@ -1,6 +1,7 @@
 #include "app/session.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -11,6 +12,7 @@
 
 #include "common/text.hpp"
 #include "common/yaml_reader.hpp"
+#include "graphs/attention.hpp"
 #include "graphs/models.hpp"
 #include "kernels/validation.hpp"
 #include "sim/functional.hpp"
@@ -113,8 +115,32 @@ GraphWorkload load_graph_workload(const YamlNode& w, const std::optional<YamlNod
   YamlNode model = w.at("model");
   const std::string name = model.as_string();
   const bool is_file = name.find('/') != std::string::npos || name.ends_with(".yaml") || name.ends_with(".yml");
-  gw.block = w.at("block").as_enum({"moe"});
-  if (is_file) {
+  gw.block = w.at("block").as_enum({"moe", "attention"});
+  if (gw.block == "attention" && !is_file) {
+    const graphs::AttentionModel& m = graphs::attention_model(name, model.loc());
+    graphs::AttentionBlockOptions opt;
+    YamlNode layer = w.at("layer");
+    opt.layer = layer.as_enum({"dense", "dsa", "csa", "hca", "swa"});
+    if (std::find(m.layers.begin(), m.layers.end(), opt.layer) == m.layers.end())
+      layer.fail(fmt::format("{} has no '{}' attention layer (it has: {})", m.name, opt.layer, fmt::join(m.layers, ", ")));
+    opt.phase = gw.phase = w.get("phase") ? w.at("phase").as_enum({"decode", "prefill"}) : "decode";
+    if (gw.phase == "decode") {
+      if (auto t = w.get("tokens")) t->fail("decode takes `batch` (sequences, one new token each), not tokens");
+      opt.batch = w.get("batch") ? w.at("batch").as_positive_int() : m.decode_batch;
+    } else {
+      if (auto b = w.get("batch")) b->fail("prefill takes `tokens` (new tokens of one sequence), not batch");
+      opt.tokens = w.get("tokens") ? w.at("tokens").as_positive_int() : m.prefill_tokens;
+    }
+    const int64_t fresh = gw.phase == "decode" ? 1 : opt.tokens;
+    opt.context = w.get("context") ? w.at("context").as_positive_int() : std::max(m.default_context, fresh);
+    if (opt.context > (int64_t(1) << 24)) w.at("context").fail("contexts beyond 16M tokens are not supported");
+    const SourceLoc where = w.get("context") ? w.at("context").loc() : layer.loc();
+    gw.graph = graphs::build_attention_graph(m, opt, where);
+    gw.layer = opt.layer, gw.batch = gw.phase == "decode" ? opt.batch : 1, gw.context = opt.context;
+    gw.tokens = gw.phase == "decode" ? opt.batch : opt.tokens;
+    if (auto ix = w.get("indices"))
+      gw.indices = kernels::parse_index_spec(*ix, {"uniform", "recent_biased", "from_indexer"});
+  } else if (is_file) {
     gw.tokens = w.at("tokens").as_positive_int();
     gw.phase = w.get("phase") ? w.at("phase").as_enum({"decode", "prefill"}) : "";
     std::string path = name;
@@ -312,6 +338,7 @@ GraphOutput execute_graph(const LoadedRun& run, bool functional, const sim::SimO
   }
   graphs::GraphRunOptions go;
   go.routing = gw.routing;
+  go.indices = gw.indices;
   go.functional = functional;
   go.inputs = run.inputs;
   go.sim = opt;
@@ -319,6 +346,8 @@ GraphOutput execute_graph(const LoadedRun& run, bool functional, const sim::SimO
   out.run = graphs::run_graph(gw.graph, gw.plan, run.hw, go);
   auto& s = out.graph;
   s.model = gw.graph.model, s.block = gw.block, s.phase = gw.phase, s.fusion = gw.plan.label, s.tokens = gw.tokens;
+  s.layer = gw.layer, s.batch = gw.batch, s.context = gw.context;
+  s.index_source = out.run.index_source;
   s.total_us = out.run.serial_us, s.launch_us = out.run.launch_us, s.critical_path_us = out.run.critical_path_us;
   s.notes = gw.graph.notes;
   s.routing_source = out.run.routing_source;

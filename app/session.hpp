@@ -10,6 +10,7 @@
 
 #include "graphs/graph.hpp"
 #include "graphs/plan.hpp"
+#include "kernels/indices.hpp"
 #include "kernels/kernel.hpp"
 #include "kernels/tensor_io.hpp"
 #include "kernels/validation.hpp"
@@ -38,9 +39,11 @@ double max_instructions();
 struct GraphWorkload {
   graphs::Graph graph;
   graphs::FusionPlan plan;
-  graphs::RoutingChoice routing;
-  std::string block, phase;
-  int64_t tokens = 0;
+  graphs::RoutingChoice routing;   // MoE blocks
+  kernels::IndexSpec indices;      // attention blocks: drawn index sets, or from_indexer
+  std::string block, phase, layer;
+  int64_t tokens = 0;              // query rows (MoE: tokens; attention: batch in decode, tokens in prefill)
+  int64_t batch = 0, context = 0;  // attention blocks
 };
 
 struct LoadedRun {

@@ -61,6 +61,20 @@ const std::vector<OpKindSpec>& op_kinds() {
        {{"clamp", "double", J(nullptr)}, {"halves", "gate_first|up_first", J("gate_first")}}},
       {"combine", "out = residual + shared + sum_j w_j * y[row_idx[t K + j]]",
        {{"y"}, {"row_idx"}, {"weights", true}, {"residual", true}, {"shared", true}}, {{"out"}}, {}},
+      {"flash_attention", "dense attention of each sequence's queries over its cache (no v: K = V, the MLA latent)",
+       {{"q"}, {"k"}, {"v", true}, {"sinks", true}}, {{"out"}, {"lse", true}},
+       {{"batch", "int", J(1)}, {"heads_kv", "int", J(1)}, {"causal", "bool", J(true)}, {"scale", "double", J(0.0)}}},
+      {"lightning_indexer", "index scores sum_h w[t,h] ReLU(<q[t,h], k[s]>) over the visible keys of the sequence",
+       {{"q"}, {"k"}, {"q_scale"}, {"k_scale"}, {"w"}, {"after", true}}, {{"scores"}},
+       {{"batch", "int", J(1)}, {"context", "int", J(1)}, {"ratio", "int", J(1)}}},
+      {"index_topk", "the k best index scores of each query (-1 past the visible keys)", {{"scores"}},
+       {{"indices"}, {"values", true}}, {}},
+      {"sparse_attention", "one softmax over the indexed rows of one or two latent KV sources (K = V), with the sink",
+       {{"q"}, {"kv"}, {"idx"}, {"kv1", true}, {"idx1", true}, {"sinks", true}, {"after", true}}, {{"out"}, {"lse", true}},
+       {{"heads", "int", J(1)}, {"scale", "double", J(0.0)}}},
+      {"compressor", "V4 KV compression: m tokens pooled per channel by softmax gates, RMSNorm, RoPE",
+       {{"x"}, {"w_kv"}, {"w_gate"}, {"ape"}, {"norm"}, {"state"}}, {{"entries", true}, {"state"}},
+       {{"batch", "int", J(1)}, {"context", "int", J(1)}, {"ratio", "int", J(4)}}},
   };
   return kKinds;
 }
@@ -193,6 +207,72 @@ void check_shapes(const Graph& g, const OpNode& op) {
     c.equal(a[0], h[0], "rows of h and a");
     c.equal(h[1], 2 * a[1], "h's columns and twice a's columns ([gate | up])");
     if (const TensorDesc* w = c.in("row_weights")) c.equal(c.rank(w, 1)[0], h[0], "row_weights length and rows");
+  } else if (k == "flash_attention") {
+    const int64_t batch = op.attrs["batch"], hkv = op.attrs["heads_kv"];
+    auto& q = c.rank(c.in("q"), 2);
+    auto& kk = c.rank(c.in("k"), 2);
+    auto& o = c.rank(c.out("out"), 2);
+    if (batch < 1 || q[0] % batch || kk[0] % batch)
+      c.fail(fmt::format("batch {} must divide the {} query rows and the {} cache rows", batch, q[0], kk[0]));
+    if (hkv < 1 || kk[1] % hkv) c.fail(fmt::format("heads_kv {} must divide k's {} columns", hkv, kk[1]));
+    if (q[0] / batch > kk[0] / batch)
+      c.fail(fmt::format("{} queries per sequence but only {} cached tokens (the cache includes the new tokens)", q[0] / batch,
+                         kk[0] / batch));
+    const int64_t dqk = kk[1] / hkv;
+    if (q[1] % dqk) c.fail(fmt::format("q's {} columns are not whole heads of {}", q[1], dqk));
+    const int64_t heads = q[1] / dqk;
+    if (heads % hkv) c.fail(fmt::format("{} query heads are not a multiple of {} KV heads", heads, hkv));
+    if (const TensorDesc* v = c.in("v")) c.equal(c.rank(v, 2)[0], kk[0], "rows of k and v");
+    if (o[1] % heads) c.fail(fmt::format("out's {} columns are not whole heads of {} heads", o[1], heads));
+    c.equal(o[0], q[0], "rows of q and out");
+    if (const TensorDesc* l = c.out("lse")) c.equal(c.rank(l, 2)[1], heads, "lse columns and heads");
+  } else if (k == "lightning_indexer") {
+    const int64_t batch = op.attrs["batch"], ratio = op.attrs["ratio"];
+    auto& q = c.rank(c.in("q"), 2);
+    auto& kk = c.rank(c.in("k"), 2);
+    auto& w = c.rank(c.in("w"), 2);
+    auto& s = c.rank(c.out("scores"), 2);
+    if (batch < 1 || q[0] % batch || kk[0] % batch) c.fail(fmt::format("batch {} must divide the query and key rows", batch));
+    if (ratio < 1) c.fail("ratio must be >= 1");
+    c.equal(w[0], q[0], "rows of w and q");
+    if (q[1] != w[1] * kk[1]) c.fail(fmt::format("q's {} columns are not w's {} heads x k's {} dims", q[1], w[1], kk[1]));
+    c.equal(s[0], q[0], "rows of scores and q");
+    c.equal(s[1], kk[0] / batch, "scores' columns and the keys of a sequence");
+    c.equal(c.rank(c.in("q_scale"), 2)[1], w[1], "q_scale columns and heads");
+    c.equal(c.rank(c.in("k_scale"), 1)[0], kk[0], "k_scale length and key rows");
+    c.dtype(c.out("scores"), sim::DType::Fp32);
+  } else if (k == "index_topk") {
+    auto& s = c.rank(c.in("scores"), 2);
+    auto& i = c.rank(c.out("indices"), 2);
+    c.equal(i[0], s[0], "rows of indices and scores");
+    if (i[1] > s[1]) c.fail(fmt::format("top-k {} is larger than the {} keys scored", i[1], s[1]));
+    c.dtype(c.out("indices"), sim::DType::Int32);
+  } else if (k == "sparse_attention") {
+    const int64_t heads = op.attrs["heads"];
+    auto& q = c.rank(c.in("q"), 2);
+    auto& kv = c.rank(c.in("kv"), 2);
+    auto& o = c.rank(c.out("out"), 2);
+    if (heads < 1 || q[1] % heads || o[1] % heads) c.fail(fmt::format("heads {} must divide q's and out's columns", heads));
+    c.equal(q[1] / heads, kv[1], "q's head dim and the KV rows");
+    if (o[1] / heads > kv[1]) c.fail("the value dim is larger than the KV rows (V is the first columns of K)");
+    c.equal(c.rank(c.in("idx"), 2)[0], q[0], "rows of idx and q");
+    if (const TensorDesc* kv1 = c.in("kv1")) {
+      c.equal(c.rank(kv1, 2)[1], kv[1], "widths of the two KV sources");
+      if (!c.in("idx1")) c.fail("kv1 given without idx1");
+      c.equal(c.rank(c.in("idx1"), 2)[0], q[0], "rows of idx1 and q");
+    }
+    if (const TensorDesc* s = c.in("sinks")) c.equal(c.rank(s, 1)[0], heads, "sinks and heads");
+    c.equal(o[0], q[0], "rows of q and out");
+  } else if (k == "compressor") {
+    const int64_t ratio = op.attrs["ratio"];
+    if (ratio != 4 && ratio != 128 && ratio != 16)
+      c.fail(fmt::format("ratio {} is not one V4 uses (4 overlapped, 128; 16 for toy)", ratio));
+    auto& x = c.rank(c.in("x"), 2);
+    auto& wkv = c.rank(c.in("w_kv"), 2);
+    c.equal(wkv[0], x[1], "x's columns and w_kv's rows");
+    c.equal(c.rank(c.in("w_gate"), 2)[1], wkv[1], "w_gate and w_kv columns");
+    c.equal(c.rank(c.in("ape"), 2)[0], ratio, "ape rows and the ratio");
+    if (const TensorDesc* e = c.out("entries")) c.equal(c.rank(e, 2)[1], c.rank(c.in("norm"), 1)[0], "entry width and norm");
   } else if (k == "combine") {
     auto& y = c.rank(c.in("y"), 2);
     auto& o = c.rank(c.out("out"), 2);

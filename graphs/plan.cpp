@@ -42,6 +42,9 @@ const std::vector<FusionRule>& fusion_rules() {
       {"gmm1_swiglu", {{"grouped_gemm"}, {"swiglu"}}, "grouped_gemm_swiglu",
        "GMM1 on the cube feeding SwiGLU on the AIVs block by block (through a GM workspace on 2201, L0C->UB on "
        "3510): H never goes to HBM as a tensor"},
+      {"indexer_topk", {{"lightning_indexer"}, {"index_topk"}}, "lightning_indexer",
+       "the index scores and their top-k in one kernel (CANN LightningIndexer): the [T, S] score matrix never "
+       "goes to HBM, a running top-k per key block keeps only the candidates"},
       {"gmm2_finalize", {{"grouped_gemm"}, {"combine"}}, "grouped_gemm_finalize",
        "GMM2 on the cube, each expert row scaled and atomically added into residual + shared token rows by the "
        "AIVs (CANN GroupedMatmulFinalizeRouting): Y never goes to HBM as a tensor"},
@@ -117,6 +120,7 @@ FusionPlan plan_fusion(const Graph& g, const std::vector<std::string>& choice, c
 std::string kernel_of_op(const std::string& kind) {
   if (kind == "gating_score" || kind == "topk" || kind == "hash_topk" || kind == "normalize") return "gating";
   if (kind == "routing_sort") return "init_routing";
+  if (kind == "index_topk") return "topk";
   return kind;  // gemm, grouped_gemm, swiglu, combine, permute: a kernel of the same name
 }
 

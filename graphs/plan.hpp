@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "graphs/graph.hpp"
+#include "kernels/indices.hpp"
 #include "kernels/kernel.hpp"
 #include "kernels/tensor_io.hpp"
 #include "kernels/validation.hpp"
@@ -54,6 +55,7 @@ FusionPlan plan_fusion(const Graph& g, const std::vector<std::string>& choice, c
 
 struct GraphRunOptions {
   RoutingChoice routing;
+  kernels::IndexSpec indices;  // sparse attention's index sets: drawn, or distribution from_indexer
   bool functional = false;
   kernels::InputSpec inputs;  // functional runs: the distribution of activations
   sim::SimOptions sim;
@@ -73,6 +75,7 @@ struct GraphRun {
   std::vector<int64_t> tokens_per_expert;  // of the routing the expert kernels ran
   double imbalance = 0;                    // max / mean
   std::string routing_source;              // from_gate or the distribution drawn
+  std::string index_source;                // sparse attention: from_indexer or the distribution drawn
   double launch_us = 0;                    // per kernel
   double serial_us = 0;                    // sum of kernel times and launches
   double critical_path_us = 0;

@@ -66,6 +66,9 @@ struct KernelReport {
 struct GraphSummary {
   std::string model, block, phase, fusion;
   int64_t tokens = 0;
+  std::string layer;                // attention blocks: dense | dsa | csa | hca | swa
+  int64_t batch = 0, context = 0;   // attention blocks
+  std::string index_source;         // attention blocks: where the sparse index sets came from
   double total_us = 0;          // kernels one after another, each with its launch overhead
   double launch_us = 0;         // per kernel
   double critical_path_us = 0;  // longest chain through the kernel DAG (branches overlapped)

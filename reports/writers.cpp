@@ -121,6 +121,12 @@ nlohmann::json to_json(const RunReport& r) {
                     {"total_us", g.total_us}, {"launch_us", g.launch_us},
                     {"critical_path_us", g.critical_path_us}, {"critical_path", g.critical_path},
                     {"notes", g.notes}};
+    if (!g.layer.empty()) {
+      out["graph"]["layer"] = g.layer;
+      out["graph"]["batch"] = g.batch;
+      out["graph"]["context"] = g.context;
+      if (!g.index_source.empty()) out["graph"]["index_source"] = g.index_source;
+    }
     if (!g.tokens_per_expert.empty())
       out["routing"] = {{"source", g.routing_source}, {"tokens_per_expert", g.tokens_per_expert},
                         {"imbalance", g.imbalance}};
@@ -143,10 +149,13 @@ std::string format_table(const std::vector<RunReport>& runs) {
     }
     if (r.graph) {
       const GraphSummary& g = *r.graph;
-      out += fmt::format("= {} {} {} T={} fusion {}: {} kernels, {:.2f} us with launches ({:.2f} us each), "
-                         "critical path {:.2f} us",
-                         g.model, g.block, g.phase, g.tokens, g.fusion, r.kernels.size(), g.total_us, g.launch_us,
-                         g.critical_path_us);
+      const std::string what = g.layer.empty()
+                                   ? fmt::format("{} {} T={}", g.block, g.phase, g.tokens)
+                                   : fmt::format("{} {} {} {}={} context={}", g.block, g.layer, g.phase,
+                                                 g.phase == "decode" ? "batch" : "tokens", g.tokens, g.context);
+      out += fmt::format("= {} {} fusion {}: {} kernels, {:.2f} us with launches ({:.2f} us each), critical path {:.2f} us",
+                         g.model, what, g.fusion, r.kernels.size(), g.total_us, g.launch_us, g.critical_path_us);
+      if (!g.index_source.empty()) out += ", indices " + g.index_source;
       if (!g.tokens_per_expert.empty()) out += fmt::format(", routing {} imbalance {:.2f}", g.routing_source, g.imbalance);
       out += "\n";
     }
