@@ -26,7 +26,7 @@ void CubeVectorSlots::install(GemmBlocks& blocks) const {
   const int slots_ = slots, aivs = aiv_per_aic;
   blocks.before_item = [slots_, aivs](sim::CoreBuilder& b, int, int64_t n) {
     if (n >= slots_)
-      for (int k = 0; k < aivs; ++k) b.cross_wait(Pipe::Fixpipe, kFree);
+      for (int k = 0; k < aivs; ++k) b.cross_wait(Pipe::Fixpipe, free_flag(k));
   };
   blocks.after_item = [](sim::CoreBuilder& b, int, int64_t) { b.cross_set(Pipe::Fixpipe, 2, kReady); };
 }
@@ -57,16 +57,18 @@ void CubeVectorSlots::drain(sim::Program& prog, int cores, int64_t items, bool f
   for (int c = 0; c < cores; ++c) {
     const int64_t mine = (items - c + cores - 1) / cores;
     sim::CoreBuilder b(prog.cores[static_cast<size_t>(c)], functional);
-    for (int64_t i = 0; i < std::min<int64_t>(mine, slots) * aiv_per_aic; ++i) b.cross_wait(Pipe::Fixpipe, kFree);
+    for (int64_t i = 0; i < std::min<int64_t>(mine, slots); ++i)
+      for (int k = 0; k < aiv_per_aic; ++k) b.cross_wait(Pipe::Fixpipe, free_flag(k));
   }
 }
 
 Status CubeVectorSlots::check(const sim::HardwareSpec& hw) const {
-  if (hw.aiv_per_aic < 1 || hw.sync.cross_flag_ids < 4)
-    return Status::bad("hardware", "a cube->vector pipeline needs AIVs paired with each AIC and four cross-core flags");
-  if (slots < 1 || slots * aiv_per_aic > hw.sync.cross_max_pending)
-    return Status::bad("tiling.slots", fmt::format("slots must be 1..{} (an AIC holds at most {} pending cross-core sets), found {}",
-                                                   hw.sync.cross_max_pending / aiv_per_aic, hw.sync.cross_max_pending, slots));
+  if (hw.aiv_per_aic < 1 || hw.aiv_per_aic > 2 || hw.sync.cross_flag_ids < kFlags + 2)
+    return Status::bad("hardware", fmt::format("a cube->vector pipeline needs 1 or 2 AIVs per AIC and {} cross-core flags",
+                                               kFlags + 2));
+  if (slots < 1 || slots > hw.sync.cross_max_pending)
+    return Status::bad("tiling.slots", fmt::format("slots must be 1..{} (an AIC holds at most {} pending sets of a flag), found {}",
+                                                   hw.sync.cross_max_pending, hw.sync.cross_max_pending, slots));
   if (!via_ub && (!hw.path(Path::GmToUb).available || !hw.path(Path::UbToGm).available))
     return Status::bad("hardware", "the preset has neither L0C->UB nor the GM<->UB paths a GM workspace needs");
   return Status::good();

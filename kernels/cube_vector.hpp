@@ -5,8 +5,8 @@
 //        CrossCoreSetFlag(READY, mode 2) tells both AIVs; before writing item n >= slots, the AIC
 //        waits for FREE from each AIV (they are done with the slot item n - slots used).
 //   AIV k of the pair: for each item of its AIC, CrossCoreWaitFlag(READY), its share of the rows
-//        (aiv_rows), then FREE once nothing more reads the slot. An AIV with no rows of an item
-//        still answers, so the counts stay balanced.
+//        (aiv_rows), then FREE (its own flag id) once nothing more reads the slot. An AIV with no
+//        rows of an item still answers, so the counts stay balanced.
 //
 // Where a slot lives is the hardware's data path: on 2201 the cube cannot reach UB, so each AIC
 // has `slots` slots in a GM workspace (FIXPIPE L0C->GM, then the AIVs' MTE2 GM->UB; the workspace
@@ -20,7 +20,12 @@
 namespace npusim::kernels {
 
 struct CubeVectorSlots {
-  static constexpr int kReady = 0, kFree = 1;  // cross-core flag ids
+  // Cross-core flag ids: READY (to both AIVs, each counts its own), and one FREE id per AIV of the
+  // pair. A shared FREE id would be a race: an AIV with no rows answers early, and two of its
+  // answers would pass for both AIVs' while the other still reads the slot.
+  static constexpr int kReady = 0;
+  static int free_flag(int aiv) { return 1 + aiv; }
+  static constexpr int kFlags = 3;  // ids this hand-off uses (2 AIVs per AIC); kernels take theirs after
 
   bool via_ub = false;
   int slots = 2;

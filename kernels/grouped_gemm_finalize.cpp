@@ -20,7 +20,7 @@ using sim::VecOp;
 
 namespace {
 
-constexpr int kInitDone = 2, kAddsDone = 3;  // all-AIV barriers (cross-core flags, mode 0)
+constexpr int kInitDone = CubeVectorSlots::kFlags, kAddsDone = CubeVectorSlots::kFlags + 1;  // all-AIV barriers (mode 0)
 constexpr int64_t kPerInstr = 255 * 256 / 4;  // fp32 elements per vector instruction (255 repeats of 256 B)
 
 struct Item {
@@ -270,7 +270,7 @@ sim::Program GroupedGemmFinalizeKernel::lower(const sim::HardwareSpec& hw, bool 
         // On the UB path the vector unit reads the slot first and MTE3 follows it through the flags.
         b.cross_wait(cv.via_ub ? Pipe::V : Pipe::Mte2, CubeVectorSlots::kReady);
         if (r_end <= r_begin) {
-          b.cross_set(reader, 2, CubeVectorSlots::kFree);
+          b.cross_set(reader, 2, CubeVectorSlots::free_flag(k));
           continue;
         }
         for (int64_t r = r_begin; r < r_end; r += rpt) {
@@ -295,7 +295,7 @@ sim::Program GroupedGemmFinalizeKernel::lower(const sim::HardwareSpec& hw, bool 
               const int64_t f = perm_[static_cast<size_t>(it.row0 + r + j)];
               flat_copy(Path::GmToUb, g.w + f * 4, base + L.w + j * 4, 1, DType::Fp32);
             }
-          if (last_tile && !cv.via_ub) b.cross_set(Pipe::Mte2, 2, CubeVectorSlots::kFree);  // the workspace slot is read
+          if (last_tile && !cv.via_ub) b.cross_set(Pipe::Mte2, 2, CubeVectorSlots::free_flag(k));  // the workspace slot is read
           loaded(q);
           if (s_.weighted)
             for (int64_t j = 0; j < rows; ++j) {
@@ -309,7 +309,7 @@ sim::Program GroupedGemmFinalizeKernel::lower(const sim::HardwareSpec& hw, bool 
             const int64_t t = perm_[static_cast<size_t>(it.row0 + r + j)] / K;
             flat_copy(Path::UbToGm, data + j * it.nb * 4, g.acc + (t * D + it.col0) * 4, it.nb, DType::Fp32, true);
           }
-          if (last_tile && cv.via_ub) b.cross_set(Pipe::Mte3, 2, CubeVectorSlots::kFree);  // the UB slot is consumed
+          if (last_tile && cv.via_ub) b.cross_set(Pipe::Mte3, 2, CubeVectorSlots::free_flag(k));  // the UB slot is consumed
           b.set_flag(Pipe::Mte3, Pipe::V, q);
         }
       }

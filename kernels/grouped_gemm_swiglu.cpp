@@ -191,7 +191,7 @@ sim::Program GroupedGemmSwigluKernel::lower(const sim::HardwareSpec& hw, bool fu
         const auto [r_begin, r_end] = cv.aiv_rows(it.mb, k);
         b.cross_wait(slot_reader, CubeVectorSlots::kReady);
         if (r_end <= r_begin) {
-          b.cross_set(slot_reader, 2, CubeVectorSlots::kFree);
+          b.cross_set(slot_reader, 2, CubeVectorSlots::free_flag(k));
           continue;
         }
         for (int64_t r = r_begin; r < r_end; r += rpt, ++tile) {
@@ -223,11 +223,11 @@ sim::Program GroupedGemmSwigluKernel::lower(const sim::HardwareSpec& hw, bool fu
             b.copy(Path::GmToUb, uint32_t(rows * 4), sim::GmRegion{src, 1, uint32_t(rows * 4), uint64_t(rows * 4)}, o);
           }
           b.set_flag(Pipe::Mte2, Pipe::V, q);
-          if (last && !cv.via_ub) b.cross_set(Pipe::Mte2, 2, CubeVectorSlots::kFree);  // the workspace slot is read
+          if (last && !cv.via_ub) b.cross_set(Pipe::Mte2, 2, CubeVectorSlots::free_flag(k));  // the workspace slot is read
           b.wait_flag(Pipe::Mte2, Pipe::V, q);
           b.wait_flag(Pipe::Mte3, Pipe::V, q);
           emit_swiglu_vector(b, s_.act, u, rows, it.nb);
-          if (last && cv.via_ub) b.cross_set(Pipe::V, 2, CubeVectorSlots::kFree);  // the UB slot is consumed
+          if (last && cv.via_ub) b.cross_set(Pipe::V, 2, CubeVectorSlots::free_flag(k));  // the UB slot is consumed
           b.set_flag(Pipe::V, Pipe::Mte2, q);
           b.set_flag(Pipe::V, Pipe::Mte3, q);
           b.wait_flag(Pipe::V, Pipe::Mte3, q);

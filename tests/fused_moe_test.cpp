@@ -90,7 +90,7 @@ TEST(FusedMoeBadInput, SlotsBeyondThePendingLimitAndUbOverflowNameTheKey) {
       EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
     }
   };
-  fails("{slots: 9}", "tiling.slots");
+  fails("{slots: 16}", "tiling.slots");
   fails("{rows_per_tile: 64}", "tiling.rows_per_tile");
 }
 
