@@ -2,6 +2,7 @@
 
 #include "common/text.hpp"
 #include "kernels/elementwise.hpp"
+#include "kernels/flash_attention.hpp"
 #include "kernels/gemm.hpp"
 #include "kernels/grouped_gemm.hpp"
 #include "kernels/grouped_gemm_finalize.hpp"
@@ -25,6 +26,7 @@ const std::vector<KernelEntry>& kernel_registry() {
       {"gating", "MoE gate on the AIVs: scores, bias for choosing, group-limited stable top-k, normalize, route scale", make_gating},
       {"init_routing", "MoE dispatch: stable sort by expert, expanded row index, per-expert counts, capacity modes, row gather", make_init_routing},
       {"permute", "MoE permute: token rows (and weights) gathered into expert order by the routing", make_permute},
+      {"flash_attention", "dense flash attention (MHA / GQA / MQA, causal, sinks, K = V latent): C1 -> V1 -> C2 cube/vector pipeline, split-KV decode", make_flash_attention},
       {"add", "out = x + y on the AIVs (tiling: tile_elems, buffers, cores)", make_elementwise},
       {"mul", "out = x * y on the AIVs", make_elementwise},
       {"exp", "out = exp(x) on the AIVs", make_elementwise},
