@@ -8,9 +8,11 @@
 #include "kernels/grouped_gemm_finalize.hpp"
 #include "kernels/grouped_gemm_swiglu.hpp"
 #include "kernels/swiglu.hpp"
+#include "kernels/topk.hpp"
 #include "kernels/combine.hpp"
 #include "kernels/gating.hpp"
 #include "kernels/init_routing.hpp"
+#include "kernels/lightning_indexer.hpp"
 #include "kernels/permute.hpp"
 
 namespace npusim::kernels {
@@ -27,6 +29,8 @@ const std::vector<KernelEntry>& kernel_registry() {
       {"init_routing", "MoE dispatch: stable sort by expert, expanded row index, per-expert counts, capacity modes, row gather", make_init_routing},
       {"permute", "MoE permute: token rows (and weights) gathered into expert order by the routing", make_permute},
       {"flash_attention", "dense flash attention (MHA / GQA / MQA, causal, sinks, K = V latent): C1 -> V1 -> C2 cube/vector pipeline, split-KV decode", make_flash_attention},
+      {"lightning_indexer", "DSA / V4 CSA index scores sum_h w ReLU(q.k) x scales (fp8 on 950, bf16-held fp8 on 910), causal or compressed visibility, optional fused running top-k", make_lightning_indexer},
+      {"topk", "row top-k on the AIVs: sort32/mrgsort running top-k, two stages for long rows, -1 padding", make_topk},
       {"add", "out = x + y on the AIVs (tiling: tile_elems, buffers, cores)", make_elementwise},
       {"mul", "out = x * y on the AIVs", make_elementwise},
       {"exp", "out = exp(x) on the AIVs", make_elementwise},
