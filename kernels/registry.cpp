@@ -14,6 +14,7 @@
 #include "kernels/init_routing.hpp"
 #include "kernels/lightning_indexer.hpp"
 #include "kernels/permute.hpp"
+#include "kernels/sparse_attention.hpp"
 
 namespace npusim::kernels {
 
@@ -31,6 +32,7 @@ const std::vector<KernelEntry>& kernel_registry() {
       {"flash_attention", "dense flash attention (MHA / GQA / MQA, causal, sinks, K = V latent): C1 -> V1 -> C2 cube/vector pipeline, split-KV decode", make_flash_attention},
       {"lightning_indexer", "DSA / V4 CSA index scores sum_h w ReLU(q.k) x scales (fp8 on 950, bf16-held fp8 on 910), causal or compressed visibility, optional fused running top-k", make_lightning_indexer},
       {"topk", "row top-k on the AIVs: sort32/mrgsort running top-k, two stages for long rows, -1 padding", make_topk},
+      {"sparse_attention", "sparse MLA attention (MQA, K = V) over index sets from one or two KV sources (V3.2 DSA, V4 CSA / HCA / window), sink, split-KV merge, gathers on AIC or AIV", make_sparse_attention},
       {"add", "out = x + y on the AIVs (tiling: tile_elems, buffers, cores)", make_elementwise},
       {"mul", "out = x * y on the AIVs", make_elementwise},
       {"exp", "out = exp(x) on the AIVs", make_elementwise},
