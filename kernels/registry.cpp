@@ -10,6 +10,7 @@
 #include "kernels/swiglu.hpp"
 #include "kernels/topk.hpp"
 #include "kernels/combine.hpp"
+#include "kernels/compressor.hpp"
 #include "kernels/gating.hpp"
 #include "kernels/init_routing.hpp"
 #include "kernels/lightning_indexer.hpp"
@@ -33,6 +34,7 @@ const std::vector<KernelEntry>& kernel_registry() {
       {"lightning_indexer", "DSA / V4 CSA index scores sum_h w ReLU(q.k) x scales (fp8 on 950, bf16-held fp8 on 910), causal or compressed visibility, optional fused running top-k", make_lightning_indexer},
       {"topk", "row top-k on the AIVs: sort32/mrgsort running top-k, two stages for long rows, -1 padding", make_topk},
       {"sparse_attention", "sparse MLA attention (MQA, K = V) over index sets from one or two KV sources (V3.2 DSA, V4 CSA / HCA / window), sink, split-KV merge, gathers on AIC or AIV", make_sparse_attention},
+      {"compressor", "DeepSeek-V4 KV compressor (CSA m = 4 overlapped / HCA m = 128): x[Wkv|Wgate] GEMM with per-channel softmax pooling, RMSNorm, RoPE, optional FP8 fake quant; fp32 state in place", make_compressor},
       {"add", "out = x + y on the AIVs (tiling: tile_elems, buffers, cores)", make_elementwise},
       {"mul", "out = x * y on the AIVs", make_elementwise},
       {"exp", "out = exp(x) on the AIVs", make_elementwise},
