@@ -31,7 +31,8 @@ const std::vector<AttentionModel>& attention_models() {
        {"as V4-Flash with 128 heads and indexer top-k 1024 (medium confidence: one mirror says 512, KERNELS.md 6.1)"}},
       {"toy", 256, 8, 80, 64, 0, 0, 4, 32, 32, 16, 4, 16, true, {"dense", "dsa", "csa", "hca", "swa"}, 64, 4, 512,
        {"toy (KERNELS.md 6.1, estimated): every layer kind at small sizes: MQA latent 64 + rope 16, indexer 4 x 32 "
-        "top-k 32, window 16, CSA m = 4, HCA m = 16"}},
+        "top-k 32, window 16, CSA m = 4, HCA m = 16"},
+       16},
   };
   return kModels;
 }
@@ -108,7 +109,8 @@ Graph build_attention_graph(const AttentionModel& m, const AttentionBlockOptions
   const bool v4 = opt.layer == "csa" || opt.layer == "hca" || opt.layer == "swa";
   b.tensor("q", {Tq, H * m.d_qk}, DType::Bf16);
   if (v4) {
-    b.tensor("window_kv", {B * std::max<int64_t>(W, 1), m.d_qk}, DType::Bf16);
+    // Decode keeps each sequence's window as a ring of W rows; prefill reads the whole sequence.
+    b.tensor("window_kv", {B * (decode ? W : L), m.d_qk}, DType::Bf16);
     b.tensor("window_idx", {Tq, m.window}, DType::Int32);
     b.tensor("sinks", {H}, DType::Fp32);
   }
@@ -127,20 +129,28 @@ Graph build_attention_graph(const AttentionModel& m, const AttentionBlockOptions
     b.tensor(prefix + "_w_gate", {m.hidden, c * d}, DType::Bf16);
     b.tensor(prefix + "_ape", {ratio, c * d}, DType::Fp32);
     b.tensor(prefix + "_norm", {d}, DType::Fp32);
-    b.tensor(prefix + "_state", {B * c * ratio, 2 * c * d}, DType::Fp32);
-    b.tensor(prefix + "_state_out", {B * c * ratio, 2 * c * d}, DType::Fp32);
+    std::map<std::string, std::string> in{{"x", "x"}, {"w_kv", prefix + "_w_kv"}, {"w_gate", prefix + "_w_gate"},
+                                          {"ape", prefix + "_ape"}, {"norm", prefix + "_norm"}};
+    std::map<std::string, std::string> out;
+    for (const char* st : {"kv_state", "score_state"}) {  // fp32, updated in place on the device
+      b.tensor(prefix + "_" + st, {B * c * ratio, c * d}, DType::Fp32);
+      b.tensor(prefix + "_" + st + "_out", {B * c * ratio, c * d}, DType::Fp32);
+      in[st] = prefix + "_" + st;
+      out[st] = prefix + "_" + st + "_out";
+    }
     b.tensor(prefix + "_cache", {B * std::max<int64_t>(entries, 1), d}, DType::Bf16);
-    std::map<std::string, std::string> out{{"state", prefix + "_state_out"}};
     if (emitted > 0) {
       b.tensor(prefix + "_new", {emitted, d}, DType::Bf16);
+      b.tensor(prefix + "_rope_cos", {emitted, m.rope_dims}, DType::Fp32);
+      b.tensor(prefix + "_rope_sin", {emitted, m.rope_dims}, DType::Fp32);
       out["entries"] = prefix + "_new";
+      in["rope_cos"] = prefix + "_rope_cos", in["rope_sin"] = prefix + "_rope_sin";
     }
     nlohmann::json a = attrs_common();
     a["ratio"] = ratio;
-    b.op(prefix + "_compress", "compressor",
-         {{"x", "x"}, {"w_kv", prefix + "_w_kv"}, {"w_gate", prefix + "_w_gate"}, {"ape", prefix + "_ape"},
-          {"norm", prefix + "_norm"}, {"state", prefix + "_state"}},
-         out, a);
+    a["rope_dims"] = m.rope_dims;
+    a["quant"] = d == m.d_qk ? "fp8" : "none";  // the main KV cache stores fp8 (2.6); indexer keys' FP4 is not modelled
+    b.op(prefix + "_compress", "compressor", in, out, a);
     return entries;
   };
 
@@ -185,7 +195,12 @@ Graph build_attention_graph(const AttentionModel& m, const AttentionBlockOptions
     attn_in.insert({{"kv1", "hkv_cache"}, {"idx1", "hca_idx"}});
     if (g.has_tensor("hkv_new")) attn_in["after"] = "hkv_new";
   }
-  b.op("attention", "sparse_attention", attn_in, {{"out", "out"}, {"lse", "lse"}}, {{"heads", H}});
+  nlohmann::json attn = attrs_common();
+  attn["heads"] = H;
+  if (v4) attn["window"] = m.window;
+  if (opt.layer == "csa") attn["ratio"] = m.csa_ratio;
+  if (opt.layer == "hca") attn["ratio"] = m.hca_ratio, attn["all_visible"] = true;
+  b.op("attention", "sparse_attention", attn_in, {{"out", "out"}, {"lse", "lse"}}, attn);
   return g;
 }
 

@@ -36,6 +36,7 @@ struct AttentionModel {
   std::vector<std::string> layers;    // the kinds this model has
   int64_t prefill_tokens = 0, decode_batch = 0, default_context = 0;
   std::vector<std::string> notes;
+  int64_t rope_dims = 64;             // rotated dims of the compressed entries (V4: the last 64)
 };
 
 const std::vector<AttentionModel>& attention_models();

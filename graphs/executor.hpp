@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "graphs/plan.hpp"
+#include "kernels/sparse_attention.hpp"
 
 namespace npusim::graphs::detail {
 
@@ -26,6 +27,9 @@ struct Binding {
 struct Built {
   std::unique_ptr<kernels::Kernel> kernel;
   std::vector<Binding> bind;
+  // Input tensors (kernel names) whose functional values the kernel draws itself (make_input):
+  // quantized operands with their scales, index lists in the kernel's own row numbering.
+  std::vector<std::string> own_inputs;
 };
 
 class Executor {
@@ -47,6 +51,13 @@ class Executor {
   Built build_gmm_swiglu(const OpNode& gmm, const OpNode& act);
   Built build_gmm_finalize(const OpNode& gmm, const OpNode& combine);
   void bind_expert_weights(Built& b, const TensorDesc& w) const;
+  Built build_flash(const OpNode& op);
+  Built build_indexer(const OpNode& op, const OpNode* topk);
+  Built build_topk(const OpNode& op);
+  Built build_sparse(const OpNode& op);
+  Built build_compressor(const OpNode& op);
+  std::vector<int64_t> visible_entries(const OpNode& op, int64_t rows_per_seq, int64_t ratio) const;
+  kernels::SparseKvSource sparse_source(const OpNode& op, const std::string& kv_role, const std::string& idx_role);
   const std::vector<double>& input_values(const std::string& tensor);
   const std::vector<int32_t>& routing();  // the expert ids the routed kernels are lowered for
   void generate_inputs();
@@ -61,6 +72,7 @@ class Executor {
   std::vector<int32_t> ids_;
   std::string ids_tensor_;
   int64_t experts_ = 0, topk_ = 0;
+  std::string index_source_;  // where sparse attention's index lists came from
 };
 
 // Binds a kernel's tensors to graph tensors by the kernel's tensor names.

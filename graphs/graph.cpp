@@ -71,10 +71,13 @@ const std::vector<OpKindSpec>& op_kinds() {
        {{"indices"}, {"values", true}}, {}},
       {"sparse_attention", "one softmax over the indexed rows of one or two latent KV sources (K = V), with the sink",
        {{"q"}, {"kv"}, {"idx"}, {"kv1", true}, {"idx1", true}, {"sinks", true}, {"after", true}}, {{"out"}, {"lse", true}},
-       {{"heads", "int", J(1)}, {"scale", "double", J(0.0)}}},
+       {{"heads", "int", J(1)}, {"scale", "double", J(0.0)}, {"batch", "int", J(1)}, {"context", "int", J(1)},
+        {"window", "int", J(0)}, {"ratio", "int", J(1)}, {"all_visible", "bool", J(false)}}},
       {"compressor", "V4 KV compression: m tokens pooled per channel by softmax gates, RMSNorm, RoPE",
-       {{"x"}, {"w_kv"}, {"w_gate"}, {"ape"}, {"norm"}, {"state"}}, {{"entries", true}, {"state"}},
-       {{"batch", "int", J(1)}, {"context", "int", J(1)}, {"ratio", "int", J(4)}}},
+       {{"x"}, {"w_kv"}, {"w_gate"}, {"ape"}, {"norm"}, {"kv_state"}, {"score_state"}, {"rope_cos", true}, {"rope_sin", true}},
+       {{"entries", true}, {"kv_state"}, {"score_state"}},
+       {{"batch", "int", J(1)}, {"context", "int", J(1)}, {"ratio", "int", J(4)}, {"quant", "none|fp8", J("none")},
+        {"rope_dims", "int", J(64)}}},
   };
   return kKinds;
 }
@@ -272,7 +275,17 @@ void check_shapes(const Graph& g, const OpNode& op) {
     c.equal(wkv[0], x[1], "x's columns and w_kv's rows");
     c.equal(c.rank(c.in("w_gate"), 2)[1], wkv[1], "w_gate and w_kv columns");
     c.equal(c.rank(c.in("ape"), 2)[0], ratio, "ape rows and the ratio");
-    if (const TensorDesc* e = c.out("entries")) c.equal(c.rank(e, 2)[1], c.rank(c.in("norm"), 1)[0], "entry width and norm");
+    const int64_t d = c.rank(c.in("norm"), 1)[0];
+    if (wkv[1] % d || (wkv[1] / d != 1 && wkv[1] / d != 2)) c.fail(fmt::format("w_kv's {} columns are not 1 or 2 heads of {}", wkv[1], d));
+    if (const TensorDesc* e = c.out("entries")) {
+      c.equal(c.rank(e, 2)[1], d, "entry width and norm");
+      if (!c.in("rope_cos") || !c.in("rope_sin")) c.fail("entries need the rope_cos and rope_sin tables of their positions");
+      c.equal(c.rank(c.in("rope_cos"), 2)[0], e->shape[0], "rope_cos rows and entries");
+    }
+    for (const char* st : {"kv_state", "score_state"}) {
+      c.equal(c.rank(c.in(st), 2)[1], wkv[1], std::string(st) + " columns and w_kv columns");
+      c.equal(c.rank(c.out(st), 2)[0], c.in(st)->shape[0], std::string(st) + " rows in and out");
+    }
   } else if (k == "combine") {
     auto& y = c.rank(c.in("y"), 2);
     auto& o = c.rank(c.out("out"), 2);

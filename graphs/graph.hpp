@@ -22,9 +22,14 @@
 //   index_topk        scores [T, S]                         -> indices [T, K] int32, values? [T, K]
 //   sparse_attention  q [T, H*d], kv [R, d], idx [T, n], kv1? [R1, d], idx1? [T, n1], sinks? [H],
 //                     after? (orders it after the op writing that tensor) -> out [T, H*dv], lse? [T, H]
-//                     heads, scale
-//   compressor        x [T, D], w_kv [D, c*d], w_gate [D, c*d], ape [m, c*d], norm [d], state
-//                                                           -> entries? [n, d], state   batch, context, ratio
+//                     heads, scale, batch, context; window: kv is each sequence's sliding window of
+//                     this many tokens (a ring in decode) and idx is computed from the positions;
+//                     ratio: kv1 holds entries of `ratio` tokens; all_visible: idx1 takes every
+//                     entry a query sees (computed); otherwise an idx comes from the op producing it
+//                     (per-sequence positions) or, until an indexer runs, is drawn (`indices:`)
+//   compressor        x [T, D], w_kv [D, c*d], w_gate [D, c*d], ape [m, c*d], norm [d], kv_state and
+//                     score_state [B*c*m, c*d] fp32, rope_cos? rope_sin? [n, 64] fp32
+//                     -> entries? [n, d], kv_state, score_state      batch, context, ratio, quant, rope_dims
 // The topk-style ops' weights are the gathered unbiased scores; `normalize` turns them into
 // routing weights. Which kernels run these ops is the fusion plan's business (plan.hpp).
 #pragma once

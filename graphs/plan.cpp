@@ -194,6 +194,12 @@ Built Executor::build(const KernelGroup& grp) {
   const std::string kernel = grp.rule.empty() ? kernel_of_op(k) : "";
   if (grp.rule == "gating" || kernel == "gating") return build_gating(ops);
   if (grp.rule == "init_routing" || kernel == "init_routing") return build_init_routing(ops);
+  if (grp.rule == "indexer_topk") return build_indexer(*ops[0], ops[1]);
+  if (kernel == "lightning_indexer") return build_indexer(*ops[0], nullptr);
+  if (kernel == "flash_attention") return build_flash(*ops[0]);
+  if (kernel == "topk") return build_topk(*ops[0]);
+  if (kernel == "sparse_attention") return build_sparse(*ops[0]);
+  if (kernel == "compressor") return build_compressor(*ops[0]);
   if (grp.rule == "gmm1_swiglu") return build_gmm_swiglu(*ops[0], *ops[1]);
   if (grp.rule == "gmm2_finalize") return build_gmm_finalize(*ops[0], *ops[1]);
   if (grp.rule.empty()) return build_single(*ops.front());
@@ -260,8 +266,12 @@ GraphRun Executor::run(const FusionPlan& plan) {
       for (size_t i = 0; i < tensors.size(); ++i) {
         if (tensors[i].output) continue;
         const size_t n = static_cast<size_t>(tensors[i].rows * tensors[i].cols);
+        const bool own = std::find(b.own_inputs.begin(), b.own_inputs.end(), tensors[i].name) != b.own_inputs.end();
         if (b.bind[i].tensor.empty()) {  // a tensor with no graph counterpart (an empty x)
           inputs.emplace_back(n, 0.0);
+        } else if (own) {
+          inputs.push_back(kr.kernel->make_input(i, opt_.inputs));
+          if (g_.producer(b.bind[i].tensor) < 0) values_[b.bind[i].tensor] = inputs.back();  // later readers agree
         } else {
           const auto& all = values_.at(b.bind[i].tensor);
           inputs.emplace_back(all.begin() + b.bind[i].offset, all.begin() + b.bind[i].offset + n);
@@ -296,6 +306,7 @@ GraphRun Executor::run(const FusionPlan& plan) {
     run.imbalance = kernels::imbalance(run.tokens_per_expert);
     run.routing_source = opt_.routing.distribution;
   }
+  run.index_source = index_source_;
   if (opt_.functional)
     for (auto& [name, v] : values_)
       if (g_.producer(name) >= 0) run.values[name] = std::move(v);
