@@ -1140,7 +1140,8 @@ CompressorTiling default_compressor_tiling(const CompressorShape& s, const sim::
   // last wave's groups to spread it).
   const bool via_ub = hw.path(Path::L0CToUb).available;
   g.cores = hw.num_aic;
-  for (auto [rows, nb] : {std::pair<int64_t, int64_t>{256, 128}, {128, 256}, {128, 128}, {128, 64}, {64, 64}, {64, 32}})
+  // (16 channels for head dims such as the toy's 80 that no wider item divides.)
+  for (auto [rows, nb] : {std::pair<int64_t, int64_t>{256, 128}, {128, 256}, {128, 128}, {128, 64}, {64, 64}, {64, 32}, {64, 16}})
     for (int slots : {2, 1}) {
       g.m1 = g.m0 = round_up(std::max(rows, c.ratio), c.ratio), g.n1 = g.n0 = nb, t.slots = slots;
       if (nb > c.head_dim || c.head_dim % nb || g.m1 * nb * 4 > hw.aic.l0c_bytes || (slots == 1 && !via_ub)) continue;

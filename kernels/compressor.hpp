@@ -105,7 +105,7 @@ class CompressorKernel : public Kernel {
 int64_t compressor_ub_bytes(const CompressorShape& s, const CompressorTiling& t, const sim::HardwareSpec& hw);
 
 // The documented default. Prefill: the first item shape of [256, 128], [128, 256], [128, 128],
-// [128, 64], [64, 64], [64, 32] (rows rounded up to a multiple of m) whose fp32 block fits L0C
+// [128, 64], [64, 64], [64, 32], [64, 16] (rows rounded up to a multiple of m) whose fp32 block fits L0C
 // and, with L0C->UB, whose slots (2, else 1) leave UB for two buffer sets, with blocks_per_tile 4
 // and rows_per_tile 32 halved (to 1 and 8) until they fit; GEMM k1 256, k0 64 (2-byte types);
 // 2 entries per tile; every AIC (the plan cuts the last wave's groups so that it covers them).
