@@ -71,6 +71,32 @@ TEST(AttentionGraph, FromIndexerNeedsAFunctionalRun) {
   EXPECT_THROW(app::execute_graph(run, false), ConfigError);
 }
 
+// Every layer kind of the toy preset, decode and prefill, on both data paths: each kernel validated
+// on the values it got, the sparse attention reading the indexer's own picks (from_indexer).
+TEST(AttentionGraph, ToyLayersValidateEveryKernel) {
+  for (const char* hw : {"ascend910c", "ascend950pr"})
+    for (const char* layer : {"dense", "dsa", "csa", "hca", "swa"})
+      for (const char* phase : {"decode", "prefill"}) {
+        const bool sparse_index = std::string(layer) == "dsa" || std::string(layer) == "csa";
+        for (const char* fusion : {"none", "default"}) {
+          if (!sparse_index && std::string(fusion) == "none") continue;  // nothing to fuse
+          const std::string size = std::string(phase) == "decode" ? "batch: 3" : "tokens: 40";
+          const std::string what = std::string(hw) + " " + layer + " " + phase + " " + fusion;
+          auto run = app::load_run(config(hw, std::string("{model: toy, block: attention, layer: ") + layer + ", phase: " + phase +
+                                                  ", " + size + ", context: 200, indices: {distribution: from_indexer}}",
+                                          fusion));
+          auto out = app::execute_graph(run, true);
+          for (const auto& k : out.kernels) {
+            ASSERT_TRUE(k.validation) << what << " " << k.name;
+            std::string why;
+            for (const auto& f : k.validation->failures) why += "\n  " + f;
+            EXPECT_TRUE(k.validation->passed) << what << " " << k.name << why;
+          }
+          EXPECT_EQ(out.graph.index_source, sparse_index ? "from_indexer" : "") << what;
+        }
+      }
+}
+
 double group_time(const std::string& hw, const std::string& workload, const std::string& group) {
   auto run = app::load_run(config(hw, workload, "none"));
   return kernel_named(app::execute_graph(run, false), group).time_us;
