@@ -46,6 +46,7 @@ Built Executor::build_flash(const OpNode& op) {
   s.scale = op.attrs["scale"];
   s.sink = has(op, "sinks");
   s.kv_shared = !has(op, "v");
+  s.lse_base2 = op.attrs["lse_base"] == "2";
   Built b;
   b.kernel = std::make_unique<FlashAttentionKernel>(s, default_flash_attention_tiling(s, hw_), true);
   std::map<std::string, std::string> names{{"q", q.name}, {"k", k.name}, {"out", o.name}};
@@ -165,6 +166,7 @@ Built Executor::build_sparse(const OpNode& op) {
   s.dtype = q.dtype;
   s.scale = op.attrs["scale"];
   s.sink = has(op, "sinks");
+  s.lse_base2 = op.attrs["lse_base"] == "2";
   s.sources.push_back(sparse_source(op, "kv", "idx"));
   if (has(op, "kv1")) s.sources.push_back(sparse_source(op, "kv1", "idx1"));
   Built b;

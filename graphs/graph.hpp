@@ -15,14 +15,14 @@
 //   swiglu         h [R, 2I], row_weights? [R]               -> a [R, I]                clamp, halves
 //   combine        y [T*K, D], row_idx [T*K], weights? [T, K], residual? [T, D], shared? [T, D] -> out [T, D]
 //   flash_attention   q [T, H*dqk], k [S, Hkv*dqk], v? [S, Hkv*dv], sinks? [H] -> out [T, H*dv], lse? [T, H]
-//                     batch, heads_kv, causal, scale (0: dqk^-0.5); no v: K = V (the first dv columns)
+//                     batch, heads_kv, causal, scale (0: dqk^-0.5), lse_base (e | 2); no v: K = V (the first dv columns)
 //   lightning_indexer q [T, HI*DI], k [S, DI], q_scale [T, HI], k_scale [S], w [T, HI], after?
 //                                                           -> scores [T, S/batch]
 //                     batch, context, ratio (keys are compressed entries of `ratio` tokens)
 //   index_topk        scores [T, S]                         -> indices [T, K] int32, values? [T, K]
 //   sparse_attention  q [T, H*d], kv [R, d], idx [T, n], kv1? [R1, d], idx1? [T, n1], sinks? [H],
 //                     after? (orders it after the op writing that tensor) -> out [T, H*dv], lse? [T, H]
-//                     heads, scale, batch, context; window: kv is each sequence's sliding window of
+//                     heads, scale, lse_base (e | 2), batch, context; window: kv is each sequence's sliding window of
 //                     this many tokens (a ring in decode) and idx is computed from the positions;
 //                     ratio: kv1 holds entries of `ratio` tokens; all_visible: idx1 takes every
 //                     entry a query sees (computed); otherwise an idx comes from the op producing it

@@ -484,6 +484,7 @@ std::vector<Golden> FlashAttentionKernel::references(const std::vector<std::vect
       lse.same_precision[lo] = f32(f32(std::log(static_cast<double>(L))) + mx);
     }
   });
+  if (s_.lse_base2) ref::lse_to_base2(lse.exact, false), ref::lse_to_base2(lse.same_precision, true);
   return {std::move(out), std::move(lse)};
 }
 
@@ -546,6 +547,7 @@ std::unique_ptr<Kernel> make_flash_attention(const YamlNode& w, const std::optio
   }
   if (auto x = w.get("sink")) s.sink = x->as_bool();
   if (auto x = w.get("kv_shared")) s.kv_shared = x->as_bool();
+  if (auto x = w.get("lse_base")) s.lse_base2 = x->as_enum({"e", "2"}) == "2";
   for (auto [key, v] : {std::pair{"batch", s.batch}, {"q_len", s.q_len}, {"kv_len", s.kv_len}, {"heads_q", s.heads_q},
                         {"d_qk", s.d_qk}})
     if (v > (int64_t(1) << 24)) w.at(key).fail(fmt::format("{} = {} is beyond 2^24, more than the instruction fields index", key, v));

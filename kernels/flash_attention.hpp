@@ -47,7 +47,7 @@
 // parts streamed through UB one split at a time, so the UB need does not grow with split_kv.
 //
 // YAML: workload {op: flash_attention, batch, q_len, kv_len, heads_q, heads_kv (heads_q), d_qk,
-// d_v (d_qk), dtype (fp16 | bf16), causal (false), scale (0), sink (false), kv_shared (false)};
+// d_v (d_qk), dtype (fp16 | bf16), causal (false), scale (0), sink (false), kv_shared (false), lse_base (e | 2)};
 // tiling {q_block, kv_block, stages, split_kv, cores}. Default tiling (default_flash_attention_tiling):
 // the first that fits L1, L0A / L0B, L0C and UB of: 3 stages before 2 and 1, then q_block 128, 64,
 // 32, 16, then kv_block 128 down to 64 in steps of 16 (below 64 only if nothing else fits): d 128
@@ -73,6 +73,7 @@ struct FlashAttentionShape {
   double scale = 0;  // 0: d_qk^-0.5
   bool sink = false;
   bool kv_shared = false;
+  bool lse_base2 = false;  // lse as log2-sum-exp2 instead of the natural log (KERNELS.md 3.3 item 5)
   int64_t group() const { return heads_q / heads_kv; }
   double softmax_scale() const;
 };

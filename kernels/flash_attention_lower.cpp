@@ -628,6 +628,7 @@ void Lowering::finalize(sim::CoreBuilder& b, Vec& v, int k, int64_t t) {
   b.wait_flag(Pipe::Mte3, Pipe::V, kLseEvent);
   v.ew(VecOp::Ln, vtmp, l, r.n);
   v.ew(VecOp::Add, lse, vtmp, r.n, m);
+  if (!split && s_.lse_base2) v.ew(VecOp::Muls, lse, lse, r.n, 0, M_LOG2E);  // a split's partial stays natural
   b.set_flag(Pipe::V, Pipe::Mte3, kLseEvent);
   b.wait_flag(Pipe::V, Pipe::Mte3, kLseEvent);
   if (!split) {
@@ -714,6 +715,7 @@ void Lowering::merge(sim::CoreBuilder& b, Vec& v, int aiv_index) {
       v.ew(VecOp::Cast, u.acc, u.acc, n, 0, 0, DType::Fp32, s_.dtype);
       v.ew(VecOp::Ln, tmp, L, Rr);
       v.ew(VecOp::Add, lse, tmp, Rr, mx);
+      if (s_.lse_base2) v.ew(VecOp::Muls, lse, lse, Rr, 0, M_LOG2E);
       b.set_flag(Pipe::V, Pipe::Mte3, 0);
       b.wait_flag(Pipe::V, Pipe::Mte3, 0);
       rows_io(b, Path::UbToGm, g, r0, r0 + Rr, gm_.out, s_.d_v, 0, s_.d_v, s_.dtype, nz(u.acc, ldp, s_.dtype));

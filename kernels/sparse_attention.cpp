@@ -399,6 +399,7 @@ std::vector<Golden> SparseAttentionKernel::references(const std::vector<std::vec
       g[1].same_precision[row] = lse;
     }
   });
+  if (s_.lse_base2) ref::lse_to_base2(g[1].exact, false), ref::lse_to_base2(g[1].same_precision, true);
   return g;
 }
 
@@ -511,6 +512,7 @@ std::unique_ptr<Kernel> make_sparse_attention(const YamlNode& w, const std::opti
   if (!hw.aic.cube_k0[static_cast<int>(s.dtype)]) w.at("dtype").fail(fmt::format("{} has no {} cube", hw.name, sim::dtype_name(s.dtype)));
   s.scale = w.get("scale") ? w.at("scale").as_positive_double() : 1.0 / std::sqrt(static_cast<double>(s.d_qk));
   if (auto x = w.get("sink")) s.sink = x->as_bool();
+  if (auto x = w.get("lse_base")) s.lse_base2 = x->as_enum({"e", "2"}) == "2";
   int64_t batch = 1;
   if (auto b = w.get("batch")) {
     batch = b->as_positive_int();

@@ -69,6 +69,7 @@ struct SparseAttentionShape {
   sim::DType dtype = sim::DType::Bf16;
   double scale = 0;
   bool sink = false;
+  bool lse_base2 = false;  // lse as log2-sum-exp2 instead of the natural log (KERNELS.md 3.3 item 5)
   std::vector<SparseKvSource> sources;  // one or two
 };
 

@@ -2,6 +2,7 @@
 // layouts, the AIC program (Q^T, gathers, C1, C2), the AIV program (gathers, online softmax, O
 // update, finalisation) and the split-KV merge.
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <optional>
 
@@ -641,6 +642,7 @@ void Lowering::finalize(sim::CoreBuilder& b, int a, const Item& it) const {
     if (!split) em.ew(VecOp::Cast, DType::Fp32, u_.o, dt, u_.o, u_.o, Hh * D);  // in place, narrowing
     em.f32(VecOp::Ln, u_.tmp, u_.l, u_.l, Hh);
     em.f32(VecOp::Add, u_.lse, u_.tmp, m, Hh);
+    if (!split && s_.lse_base2) em.f32(VecOp::Muls, u_.lse, u_.lse, u_.lse, Hh, M_LOG2E);  // a split's partial stays natural
   }
   b.set_flag(Pipe::V, Pipe::Mte3, kOutEvent);
   b.wait_flag(Pipe::V, Pipe::Mte3, kOutEvent);
@@ -787,6 +789,7 @@ void Lowering::merge(sim::CoreBuilder& b, int v, int aivs) const {
       em.ew(VecOp::Cast, DType::Fp32, u_.acc, dt, u_.acc, u_.acc, R * D);
       em.f32(VecOp::Ln, u_.mtmp, u_.L, u_.L, R);
       em.f32(VecOp::Add, u_.mlse, u_.mtmp, u_.mx, R);
+      if (s_.lse_base2) em.f32(VecOp::Muls, u_.mlse, u_.mlse, u_.mlse, R, M_LOG2E);
       b.set_flag(Pipe::V, Pipe::Mte2, 6);
     }
     b.set_flag(Pipe::V, Pipe::Mte3, 3);

@@ -74,4 +74,8 @@ void sparse_attention(int64_t tokens, int64_t heads, int64_t d_qk, int64_t d_v, 
   });
 }
 
+void lse_to_base2(std::vector<double>& lse, bool as_fp32) {
+  for (double& x : lse) x = as_fp32 ? static_cast<float>(static_cast<double>(static_cast<float>(x)) * M_LOG2E) : x * M_LOG2E;
+}
+
 }  // namespace npusim::ref

@@ -11,6 +11,8 @@
 //   out   = sum_j p_j v_j
 //   lse   = M + ln(sum_j exp(l_j - M))                    natural log, sink excluded (FlashMLA ref.py)
 // A query with no valid key gets out = 0 and lse = +inf (FlashMLA's convention).
+// The lse base is a parameter of the kernels (KERNELS.md 3.3 item 5): natural by default, or base 2
+// (log2-sum-exp2, as kernels working in exp2 report it) = the natural lse x log2(e).
 #pragma once
 
 #include <cstdint>
@@ -47,5 +49,9 @@ struct KvSource {
 void sparse_attention(int64_t tokens, int64_t heads, int64_t d_qk, int64_t d_v, const double* q,
                       const std::vector<KvSource>& sources, const double* sinks, double scale, double* out,
                       double* lse);
+
+// Converts natural-log lse values to base 2 in place: exact (fp64) or as the kernel does it, one
+// fp32 multiplication by log2(e) of the fp32 value (`as_fp32`).
+void lse_to_base2(std::vector<double>& lse, bool as_fp32);
 
 }  // namespace npusim::ref
