@@ -11,9 +11,9 @@
 
 #include "common/errors.hpp"
 #include "common/numerics.hpp"
+#include "kernels/gating_impl.hpp"
 #include "kernels/reference/reference.hpp"
 #include "kernels/rng.hpp"
-#include "kernels/gating_impl.hpp"
 #include "kernels/tensor_io.hpp"
 #include "kernels/validation.hpp"
 
