@@ -33,6 +33,12 @@ std::pair<int64_t, int64_t> split_positions(int64_t n, int s, int splits) {
 
 }  // namespace
 
+int sparse_attention_active_aivs(int64_t head_block, int aiv_per_aic) {
+  for (int a = std::max(1, aiv_per_aic); a >= 1; --a)
+    if (head_block > 0 && head_block % (8 * a) == 0) return a;
+  return 0;
+}
+
 // ---- plan ----
 
 std::pair<int64_t, int64_t> SparsePlan::block_rows(const Item& it, int64_t b) const {
@@ -145,8 +151,10 @@ double SparseAttentionKernel::estimated_instructions() const {
   // C2 chunk plus the hand-offs; per AIV the softmax (~14 + 4 log2 n: the folds and the
   // broadcast), the O update (one per head row, and on the GM path its chunk loads: 1.25 per row
   // and 8 more, between the two paths) and its gathers; per item the Q^T load and the finalisation (one per
-  // head row); the merge per 8 rows. Within about 15% on both presets.
-  const double A = 2, hh = static_cast<double>(t_.head_block) / A, e = sim::dtype_bytes(s_.dtype), half = 32768;
+  // head row); the merge per 8 rows; an AIV without heads only takes the AIC's hand-offs (~3 per
+  // block). Within about 15% on both presets.
+  const double A = 2, act = std::max(1, sparse_attention_active_aivs(t_.head_block, 2));
+  const double hh = static_cast<double>(t_.head_block) / act, e = sim::dtype_bytes(s_.dtype), half = 32768;
   const int64_t kb16 = round_up(t_.kv_block, 16), hb16 = round_up(t_.head_block, 16);
   const int64_t k0 = std::max<int64_t>(16, std::min<int64_t>({s_.d_qk, static_cast<int64_t>(half / (kb16 * e)) / 16 * 16,
                                                               static_cast<int64_t>(half / (hb16 * e)) / 16 * 16}));
@@ -155,12 +163,12 @@ double SparseAttentionKernel::estimated_instructions() const {
   const double aiv_gather = t_.gather == GatherBy::Aiv;
   double total = 0;
   for (const auto& it : plan_.items) {
-    total += 6 + A * (hh + 20);
+    total += 6 + act * (hh + 20);
     for (int64_t b = 0; b < it.blocks; ++b) {
       const auto [r0, r1] = plan_.block_rows(it, b);
       const double n = static_cast<double>(r1 - r0), levels = std::ceil(std::log2(std::max(2.0, n)));
       total += (aiv_gather ? 6 : n + 3) + 7 * slices + 10 + chunks * 13 + 8;
-      total += A * (22 + 4 * levels + hh * 1.25 + (aiv_gather ? n / A + 6 * std::ceil(n / (8 * A)) : 0));
+      total += act * (22 + 4 * levels + hh * 1.25) + (A - act) * 3 + (aiv_gather ? n + 6 * A * std::ceil(n / (8 * A)) : 0);
     }
   }
   if (t_.split_kv > 1) total += static_cast<double>(s_.tokens * s_.heads) / 8 * (30 + t_.split_kv * 14);
@@ -185,9 +193,11 @@ Status SparseAttentionKernel::can_implement(const sim::HardwareSpec& hw) const {
     return Status::bad("workload.d_v", fmt::format("d_qk {} and d_v {} must be multiples of 16 (cube fractals) with d_v <= d_qk "
                                                    "(V is the first d_v values of a KV row)", s_.d_qk, s_.d_v));
   const int64_t hb = t_.head_block;
-  if (hb < 1 || s_.heads % hb || hb % (8 * A))
-    return Status::bad("tiling.head_block", fmt::format("head_block {} must divide heads {} and be a multiple of {} ({} AIVs x 8 "
-                                                        "heads, whole 32-byte fp32 vectors each)", hb, s_.heads, 8 * A, A));
+  const int act = sparse_attention_active_aivs(hb, A);
+  if (hb < 1 || s_.heads % hb || act == 0)
+    return Status::bad("tiling.head_block", fmt::format("head_block {} must divide heads {} and be a multiple of 8 (whole 32-byte "
+                                                        "fp32 vectors of heads per AIV; split over the {} AIVs when a multiple "
+                                                        "of {}, else over fewer)", hb, s_.heads, A, 8 * A));
   if (t_.kv_block < 16 || t_.kv_block % 16)
     return Status::bad("tiling.kv_block",
                        fmt::format("kv_block must be a positive multiple of 16 (NZ row bands), found {}", t_.kv_block));
@@ -199,8 +209,9 @@ Status SparseAttentionKernel::can_implement(const sim::HardwareSpec& hw) const {
                                                       plan_.positions, t_.split_kv));
   if (t_.cores < 1 || t_.cores > hw.num_aic)
     return Status::bad("tiling.cores", fmt::format("cores must be 1..{} AICs on {}, found {}", hw.num_aic, hw.name, t_.cores));
-  if (hw.sync.event_ids < 8 || hw.sync.cross_flag_ids < 9 || hw.sync.cross_max_pending < 2 * A)
-    return Status::bad("hardware", "the pipeline needs 8 event ids, 9 cross-core flags and 2 x aiv_per_aic pending sets");
+  if (hw.sync.event_ids < 8 || hw.sync.cross_flag_ids < 9 + 4 * (A - 1) || hw.sync.cross_max_pending < 2 * A)
+    return Status::bad("hardware", fmt::format("the pipeline needs 8 event ids, {} cross-core flags (9, and 4 more per AIV beyond "
+                                               "the first) and {} pending sets", 9 + 4 * (A - 1), 2 * A));
   const bool via_ub = hw.path(Path::L0CToUb).available && hw.path(Path::UbToL1).available;
   for (Path p : via_ub ? std::vector<Path>{Path::GmToL1Nd2Nz, Path::GmToUb, Path::UbToGm}
                        : std::vector<Path>{Path::GmToL1Nd2Nz, Path::GmToUb, Path::UbToGm, Path::L0CToGmNz2Nd})
@@ -225,7 +236,7 @@ Status SparseAttentionKernel::can_implement(const sim::HardwareSpec& hw) const {
                                                     "than its {} B", s_.d_qk, hb, t_.stages, t_.kv_block, s_.d_qk, l1, hw.aic.l1_bytes));
   if (const int64_t ub = sparse_attention_ub_bytes(s_, t_, hw); ub > hw.aiv.ub_bytes)
     return Status::bad("tiling.head_block", fmt::format("{} heads per AIV need O and O_blk [{} x {}] fp32 plus kv_block {} score tiles{}: "
-                                                        "{} B of UB, more than its {} B", hb / A, hb / A, s_.d_v, t_.kv_block,
+                                                        "{} B of UB, more than its {} B", hb / act, hb / act, s_.d_v, t_.kv_block,
                                                         t_.gather == GatherBy::Aiv ? " and the gather staging" : "", ub, hw.aiv.ub_bytes));
   return Status::good();
 }
@@ -410,7 +421,8 @@ Golden SparseAttentionKernel::reference(const std::vector<std::vector<double>>& 
 // ---- default tiling and factory ----
 
 SparseAttentionTiling default_sparse_attention_tiling(const SparseAttentionShape& s, const sim::HardwareSpec& hw) {
-  // The largest head block (fewest re-gathers of the same rows) that fits with a kv_block of at
+  // The largest head block (fewest re-gathers of the same rows; a multiple of 8 dividing heads,
+  // split over sparse_attention_active_aivs AIVs: 8 heads run on one AIV of a pair) that fits with a kv_block of at
   // least 64 (else any), and for it the first (stages, kv_block) that fits UB, L1, L0 and L0C: on
   // the UB path (3510) 3 K tiles first (gathers run two blocks ahead of C2, which reads V from
   // them), then the largest kv_block; on the GM path (2201) the largest kv_block first (every
@@ -435,15 +447,15 @@ SparseAttentionTiling default_sparse_attention_tiling(const SparseAttentionShape
     std::stable_sort(steps.begin(), steps.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
   bool found = false;
   for (int64_t min_kb : {64, 16})
-    for (int64_t hb = s.heads; hb >= 8 * A && !found; --hb) {
-      if (s.heads % hb || hb % (8 * A)) continue;
+    for (int64_t hb = s.heads; hb >= 8 && !found; --hb) {
+      if (s.heads % hb || sparse_attention_active_aivs(hb, A) == 0) continue;
       for (const auto& [st, kb] : steps) {
         SparseAttentionTiling c;
         c.head_block = hb, c.kv_block = kb, c.stages = st, c.cores = 1;
         if (!found && kb >= min_kb && fits(c)) t = c, found = true;
       }
     }
-  if (!found) t.head_block = 8 * A, t.kv_block = 16;
+  if (!found) t.head_block = s.heads % (8 * A) == 0 ? 8 * A : 8, t.kv_block = 16;
   int64_t positions = 0;
   for (const auto& src : s.sources) positions += src.per_query;
   const int64_t items = s.tokens * std::max<int64_t>(1, s.heads / t.head_block);

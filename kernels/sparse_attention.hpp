@@ -8,7 +8,18 @@
 //
 // The shape carries the indices the run drew, so the lowering issues the real gathers. Work items
 // are (token, head block, split); item i runs on AIC i % cores and its AIVs, which split the
-// item's heads. Per item the AIC loads Q^T once, then per block of kv_block valid rows:
+// item's heads in whole 32-byte fp32 vectors (8 heads): over all the AIC's AIVs when head_block /
+// aiv_per_aic is a multiple of 8, else over the most AIVs that each get a multiple of 8 heads, down
+// to one (8 heads on a pair: AIV 0 takes the whole block). An AIV without heads (the "idle" one)
+// still shares the gathers (gather: aiv) and the split-KV merge, and consumes the AIC's READY /
+// FREE broadcasts (cross-core mode 2 reaches every AIV of the pair), while the AIC counts the
+// hand-offs of the active AIVs only; so the flag protocol is the same, with fewer answering AIVs.
+// (Alternating whole items between the AIVs would keep both busy, at the price of tracking each
+// block's owner in every hand-off and UB slot; the toy sizes this serves do not need the vector
+// throughput, and head counts that are multiples of 16 keep the even split.) The
+// flags an AIV raises towards the AIC are per AIV (their own ids), so a set from an AIV that runs
+// ahead never stands in for a lagging one's. Per item the AIC loads Q^T once, then per block of
+// kv_block valid rows:
 //   gather  each valid row is one small GM transfer into a K tile of L1, by the AIC's MTE2 (ND->NZ),
 //           or (gather: aiv) by the AIVs' MTE2 into UB and on into L1 (3510, UB->L1) or a GM
 //           workspace tile the AIC loads (2201); an invalid index costs its scalar check only;
@@ -77,12 +88,17 @@ enum class GatherBy { Aic, Aiv };
 
 struct SparseAttentionTiling {
   int64_t kv_block = 128;  // valid KV rows per block: C1's M, C2's K
-  int64_t head_block = 0;  // heads per item: C1's N, C2's M; each AIV takes head_block / aiv_per_aic
+  int64_t head_block = 0;  // heads per item: C1's N, C2's M; a multiple of 8, each active AIV (see
+                           // sparse_attention_active_aivs) takes head_block / active AIVs
   int stages = 2;          // K tiles in L1 (gathering block k + 1 while C2 still reads block k - 1 needs 3)
   GatherBy gather = GatherBy::Aic;
   int split_kv = 1;        // splits of each token's index positions, merged on the AIVs
   int cores = 0;           // AICs, each with its AIVs
 };
+
+// The AIVs of a pair that split a head block: the most (at most aiv_per_aic) that each get a whole
+// number of 32-byte fp32 vectors of heads (a multiple of 8); 0 when head_block is no multiple of 8.
+int sparse_attention_active_aivs(int64_t head_block, int aiv_per_aic);
 
 // What the lowering, the estimates and the same-precision reference share: each token's valid
 // rows in scan order (source 0's list, then source 1's), and the items the tiling cuts them into.

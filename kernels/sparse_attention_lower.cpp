@@ -22,6 +22,15 @@ namespace {
 // Cross-core flag ids: READY from a slot's producer, FREE back from its consumers.
 constexpr int kSReady = 0, kSFree = 1, kPReady = 2, kPFree = 3, kOReady = 4, kOFree = 5, kKReady = 6, kKFree = 7,
               kMergeBarrier = 8;
+// The flags an AIV raises towards its AIC (S FREE, P READY, O FREE, K READY) are per AIV: AIV 0
+// uses the ids above, AIV a > 0 its own four from 9 + 4 (a - 1). The AIC's flag queue does not say
+// who set a flag, so with one shared id a fast AIV's set for the next slot could stand in for a
+// slow AIV's set for this one (an AIV without heads, which gathers and little else, runs ahead).
+int up(int id, int a) {
+  if (a == 0) return id;
+  const int j = id == kSFree ? 0 : id == kPReady ? 1 : id == kOFree ? 2 : 3;
+  return 9 + 4 * (a - 1) + j;
+}
 // AIC event ids (MTE2 <-> MTE1): K tiles use [0, stages), then the Q^T tiles and the L1 P tiles.
 constexpr int kQEvent = 4, kPEvent = 6;
 // AIV event ids: MTE2 -> V: S tiles 0 / 1, O_blk chunks 2 / 7, sinks 3, merge loads 4-6; V -> MTE3:
@@ -42,7 +51,8 @@ uint64_t a32(int64_t bytes) { return static_cast<uint64_t>(round_up(bytes, 32));
 
 // Sizes derived from a tiling on a preset.
 struct Dims {
-  int A = 2;  // AIVs per AIC
+  int A = 2;   // AIVs per AIC
+  int Av = 2;  // AIVs that split a head block (sparse_attention_active_aivs); AIVs [Av, A) hold no heads
   int64_t H = 0, Hg = 0, Hh = 0, KB = 0, Dq = 0, D = 0, k0 = 0, n0 = 0;
   bool via_ub = false;  // 3510: L0C->UB and UB->L1
   int o_depth = 1;      // O_blk slots: one UB buffer (3510) or two GM slots (2201)
@@ -53,7 +63,8 @@ struct Dims {
 Dims dims_of(const SparseAttentionShape& s, const SparseAttentionTiling& t, const sim::HardwareSpec& hw) {
   Dims d;
   d.A = std::max(1, hw.aiv_per_aic);
-  d.H = s.heads, d.Hg = t.head_block, d.Hh = t.head_block / d.A, d.KB = t.kv_block, d.Dq = s.d_qk, d.D = s.d_v;
+  d.Av = std::max(1, sparse_attention_active_aivs(t.head_block, d.A));
+  d.H = s.heads, d.Hg = t.head_block, d.Hh = t.head_block / d.Av, d.KB = t.kv_block, d.Dq = s.d_qk, d.D = s.d_v;
   d.via_ub = hw.path(Path::L0CToUb).available && hw.path(Path::UbToL1).available;
   d.o_depth = d.via_ub ? 1 : 2;
   d.k_depth = d.via_ub ? t.stages : 2;
@@ -108,7 +119,7 @@ UbLayout ub_layout(const SparseAttentionShape& s, const SparseAttentionTiling& t
 }
 
 // One AIC's L1 (two Q^T tiles [Dq x Hg], `stages` K tiles [KB x Dq], two P slots: one [Hg x KB]
-// tile on the GM path, one [Hh x KB] tile per AIV on the UB path) and L0C (two S^T tiles, two
+// tile on the GM path, one [Hh x KB] tile per active AIV on the UB path) and L0C (two S^T tiles, two
 // O_blk chunks).
 struct L1Layout {
   uint64_t q[2], k0, k_stride, p0, p_stride, p_aiv, end;
@@ -123,7 +134,7 @@ L1Layout l1_layout(const SparseAttentionShape& s, const SparseAttentionTiling& t
   l.k0 = 2 * q, l.k_stride = static_cast<uint64_t>(r16(d.KB) * r16(d.Dq) * e);
   l.p0 = l.k0 + t.stages * l.k_stride;
   l.p_aiv = static_cast<uint64_t>(r16(d.Hh) * r16(d.KB) * e);
-  l.p_stride = d.via_ub ? d.A * l.p_aiv : static_cast<uint64_t>(r16(d.Hg) * r16(d.KB) * e);
+  l.p_stride = d.via_ub ? d.Av * l.p_aiv : static_cast<uint64_t>(r16(d.Hg) * r16(d.KB) * e);
   l.end = l.p0 + 2 * l.p_stride;
   const uint64_t sb = static_cast<uint64_t>(r16(d.KB) * r16(d.Hg) * 4), ob = static_cast<uint64_t>(r16(d.Hg) * d.n0 * 4);
   l.l0c_s[0] = 0, l.l0c_s[1] = sb, l.l0c_o[0] = 2 * sb, l.l0c_o[1] = 2 * sb + ob, l.l0c_end = 2 * sb + 2 * ob;
@@ -239,8 +250,9 @@ struct Emit {
 };
 
 // The programs of one lowering. AIC c runs items c, c + cores, ...; its AIV c A + a takes heads
-// [a Hh, (a + 1) Hh) of each item's head block. Ring counters (k: the core's blocks) run across
-// items, so the slots and their flags continue from one item to the next.
+// [a Hh, (a + 1) Hh) of each item's head block when a < Av, and none otherwise (idle_aiv). Ring
+// counters (k: the core's blocks) run across items, so the slots and their flags continue from one
+// item to the next.
 class Lowering {
  public:
   Lowering(const SparseAttentionShape& s, const SparseAttentionTiling& t, const SparsePlan& plan, const Dims& d,
@@ -250,6 +262,7 @@ class Lowering {
 
   void aic(sim::CoreProgram& cp, int c) const;
   void aiv(sim::CoreProgram& cp, int c, int a) const;
+  void idle_aiv(sim::CoreBuilder& b, int c, int a) const;
 
  private:
   using Item = SparsePlan::Item;
@@ -314,7 +327,7 @@ void Lowering::c1(sim::CoreBuilder& b, int c, const Block& blk, int64_t k, int q
   const int64_t n = rows_of(blk), Hg = d_.Hg, Dq = d_.Dq, e = e_;
   const int sb = static_cast<int>(k % 2);
   if (!aiv_gather_ || !d_.via_ub) b.wait_flag(Pipe::Mte2, Pipe::Mte1, static_cast<int>(k % t_.stages));
-  else for (int a = 0; a < d_.A; ++a) b.cross_wait(Pipe::Mte1, kKReady);  // the AIVs wrote the tile (UB->L1)
+  else for (int a = 0; a < d_.A; ++a) b.cross_wait(Pipe::Mte1, up(kKReady, a));  // the AIVs wrote the tile (UB->L1)
   if (blk.b == 0) b.wait_flag(Pipe::Mte2, Pipe::Mte1, kQEvent + q);
   const TileRef acc = nz(l_.l0c_s[sb], r16(d_.KB), DType::Fp32);
   for (int64_t kk = 0; kk < Dq; kk += d_.k0) {
@@ -333,9 +346,9 @@ void Lowering::c1(sim::CoreBuilder& b, int c, const Block& blk, int64_t k, int q
   b.set_flag(Pipe::M, Pipe::Fixpipe, sb);
   b.wait_flag(Pipe::M, Pipe::Fixpipe, sb);
   if (k >= 2)
-    for (int a = 0; a < d_.A; ++a) b.cross_wait(Pipe::Fixpipe, kSFree);
+    for (int a = 0; a < d_.Av; ++a) b.cross_wait(Pipe::Fixpipe, up(kSFree, a));
   if (d_.via_ub) {
-    for (int a = 0; a < d_.A; ++a) {
+    for (int a = 0; a < d_.Av; ++a) {
       TileRef src = acc;
       src.col0 = static_cast<uint32_t>(a * d_.Hh);
       em.copy(Path::L0CToUb, src, nd(u_.s[sb], d_.Hh, DType::Fp32), n, d_.Hh, {}, -1, a);
@@ -356,7 +369,7 @@ void Lowering::c2(sim::CoreBuilder& b, int c, const Block& blk, int64_t k, int64
   const int pp = static_cast<int>(k % 2);
   const uint64_t ptile = l_.p0 + pp * l_.p_stride;
   if (!d_.via_ub) {  // P^T [n x Hg] from the GM slot, read column-major as P into NZ
-    for (int a = 0; a < d_.A; ++a) b.cross_wait(Pipe::Mte2, kPReady);
+    for (int a = 0; a < d_.Av; ++a) b.cross_wait(Pipe::Mte2, up(kPReady, a));
     b.wait_flag(Pipe::Mte1, Pipe::Mte2, kPEvent + pp);
     const uint64_t src = ws_p(c, k);
     em.copy(Path::GmToL1Nd2Nz, ndt(src, Hg, dt), nz(ptile, r16(Hg), dt), Hg, n, region(src, n, Hg * e, Hg * e));
@@ -364,7 +377,7 @@ void Lowering::c2(sim::CoreBuilder& b, int c, const Block& blk, int64_t k, int64
     b.set_flag(Pipe::Mte2, Pipe::Mte1, kPEvent + pp);
     b.wait_flag(Pipe::Mte2, Pipe::Mte1, kPEvent + pp);
   } else {
-    for (int a = 0; a < d_.A; ++a) b.cross_wait(Pipe::Mte1, kPReady);
+    for (int a = 0; a < d_.Av; ++a) b.cross_wait(Pipe::Mte1, up(kPReady, a));
   }
   for (int64_t nc = 0; nc < D; nc += d_.n0) {
     const int64_t nl = std::min(d_.n0, D - nc);
@@ -374,7 +387,7 @@ void Lowering::c2(sim::CoreBuilder& b, int c, const Block& blk, int64_t k, int64
     if (!d_.via_ub) {
       em.copy(Path::L1ToL0A, nz(ptile, r16(Hg), dt), l0a, Hg, n, {}, r16(Hg) * r16(n) * e);
     } else {
-      for (int a = 0; a < d_.A; ++a) {
+      for (int a = 0; a < d_.Av; ++a) {
         TileRef dst = l0a;
         dst.row0 = static_cast<uint32_t>(a * Hh);
         em.copy(Path::L1ToL0A, nz(ptile + a * l_.p_aiv, r16(Hh), dt), dst, Hh, n, {}, Hh * r16(n) * e);
@@ -396,9 +409,9 @@ void Lowering::c2(sim::CoreBuilder& b, int c, const Block& blk, int64_t k, int64
     b.set_flag(Pipe::M, Pipe::Fixpipe, 2 + ob);
     b.wait_flag(Pipe::M, Pipe::Fixpipe, 2 + ob);
     if (nc == 0 && k >= d_.o_depth)
-      for (int a = 0; a < d_.A; ++a) b.cross_wait(Pipe::Fixpipe, kOFree);
+      for (int a = 0; a < d_.Av; ++a) b.cross_wait(Pipe::Fixpipe, up(kOFree, a));
     if (d_.via_ub) {
-      for (int a = 0; a < d_.A; ++a) {
+      for (int a = 0; a < d_.Av; ++a) {
         TileRef src = acc, dst = nd(u_.pv, D, DType::Fp32);
         src.row0 = static_cast<uint32_t>(a * Hh), dst.col0 = static_cast<uint32_t>(nc);
         em.copy(Path::L0CToUb, src, dst, Hh, nl, {}, -1, a);
@@ -451,7 +464,7 @@ void Lowering::aic(sim::CoreProgram& cp, int c) const {
         b.set_flag(Pipe::Mte2, Pipe::Mte1, ks);
       } else if (!d_.via_ub) {  // the AIVs packed the rows into the core's GM slot: one load
         b.scalar(1);
-        for (int a = 0; a < d_.A; ++a) b.cross_wait(Pipe::Mte2, kKReady);
+        for (int a = 0; a < d_.A; ++a) b.cross_wait(Pipe::Mte2, up(kKReady, a));
         b.wait_flag(Pipe::Mte1, Pipe::Mte2, ks);
         const uint64_t src = ws_k(c, k);
         em.copy(Path::GmToL1Nd2Nz, nd(src, Dq, dt), nz(k_tile(k), r16(d_.KB), dt), rb - ra, Dq, region(src, rb - ra, Dq * e, Dq * e));
@@ -467,8 +480,10 @@ void Lowering::aic(sim::CoreProgram& cp, int c) const {
   }
   if (due) c2(b, c, due->first, due->second, l0n, on);
   // Take back the FREE sets of the last slots, and the primed events.
-  for (int64_t i = 0; i < std::min<int64_t>(k, 2) * d_.A; ++i) b.cross_wait(Pipe::Fixpipe, kSFree);
-  for (int64_t i = 0; i < std::min<int64_t>(k, d_.o_depth) * d_.A; ++i) b.cross_wait(Pipe::Fixpipe, kOFree);
+  for (int64_t i = 0; i < std::min<int64_t>(k, 2); ++i)
+    for (int a = 0; a < d_.Av; ++a) b.cross_wait(Pipe::Fixpipe, up(kSFree, a));
+  for (int64_t i = 0; i < std::min<int64_t>(k, d_.o_depth); ++i)
+    for (int a = 0; a < d_.Av; ++a) b.cross_wait(Pipe::Fixpipe, up(kOFree, a));
   for (int st = 0; st < t_.stages; ++st) b.wait_flag(Pipe::Mte1, Pipe::Mte2, st);
   for (int q = 0; q < 2; ++q) b.wait_flag(Pipe::Mte1, Pipe::Mte2, kQEvent + q), b.wait_flag(Pipe::Mte1, Pipe::Mte2, kPEvent + q);
   for (int p = 0; p < 2; ++p) b.wait_flag(Pipe::M, Pipe::Mte1, p);
@@ -511,7 +526,7 @@ void Lowering::gather_rows(sim::CoreBuilder& b, int c, int a, const Block& blk, 
     b.set_flag(Pipe::Mte3, Pipe::Mte2, st);
   }
   destination_free();
-  b.cross_set(Pipe::Mte3, 2, kKReady);
+  b.cross_set(Pipe::Mte3, 2, up(kKReady, a));
 }
 
 // V1 of block k on this AIV's heads: P = exp(scale S - m), the running max and sum, P to the cube.
@@ -526,7 +541,7 @@ void Lowering::softmax(sim::CoreBuilder& b, int c, int a, const Block& blk, int6
     b.wait_flag(Pipe::V, Pipe::Mte2, sb);
     const uint64_t src = ws_s(c, k) + a * Hh * 4;
     em.copy(Path::GmToUb, nd(src, d_.Hg, DType::Fp32), nd(S, Hh, DType::Fp32), n, Hh, region(src, n, Hh * 4, d_.Hg * 4));
-    b.cross_set(Pipe::Mte2, 2, kSFree);  // the GM slot is read
+    b.cross_set(Pipe::Mte2, 2, up(kSFree, a));  // the GM slot is read
     b.set_flag(Pipe::Mte2, Pipe::V, sb);
     b.wait_flag(Pipe::Mte2, Pipe::V, sb);
   } else {
@@ -555,7 +570,7 @@ void Lowering::softmax(sim::CoreBuilder& b, int c, int a, const Block& blk, int6
     em.f32(VecOp::Mul, u_.l, u_.l, al, Hh);
     em.f32(VecOp::Add, u_.l, u_.l, u_.bs, Hh);
   }
-  if (d_.via_ub) b.cross_set(Pipe::V, 2, kSFree);  // the UB slot is consumed
+  if (d_.via_ub) b.cross_set(Pipe::V, 2, up(kSFree, a));  // the UB slot is consumed
   else b.set_flag(Pipe::V, Pipe::Mte2, sb);
   b.set_flag(Pipe::V, Pipe::Mte3, sb);
   b.wait_flag(Pipe::V, Pipe::Mte3, sb);
@@ -566,7 +581,7 @@ void Lowering::softmax(sim::CoreBuilder& b, int c, int a, const Block& blk, int6
     const uint64_t dst = ws_p(c, k) + a * Hh * e;
     em.copy(Path::UbToGm, nd(u_.p[sb], Hh, dt), nd(dst, d_.Hg, dt), n, Hh, region(dst, n, Hh * e, d_.Hg * e));
   }
-  b.cross_set(Pipe::Mte3, 2, kPReady);
+  b.cross_set(Pipe::Mte3, 2, up(kPReady, a));
   b.set_flag(Pipe::Mte3, Pipe::V, sb);
 }
 
@@ -587,7 +602,7 @@ void Lowering::update(sim::CoreBuilder& b, int c, int a, const Block& blk, int64
     b.cross_wait(Pipe::V, kOReady);
     if (blk.b == 0) b.wait_flag(Pipe::Mte3, Pipe::V, kOutEvent);  // the previous item's output has left O
     apply(u_.o, u_.pv, Hh, 0);
-    b.cross_set(Pipe::V, 2, kOFree);
+    b.cross_set(Pipe::V, 2, up(kOFree, a));
     return;
   }
   const int64_t chunks = ceil_div(Hh, kPvRows);
@@ -599,7 +614,7 @@ void Lowering::update(sim::CoreBuilder& b, int c, int a, const Block& blk, int64
     const uint64_t src = slot + r0 * D * 4;
     em.copy(Path::GmToUb, nd(src, D, DType::Fp32), nd(buf ? u_.pv2 : u_.pv, D, DType::Fp32), rows, D,
             region(src, 1, rows * D * 4, rows * D * 4));
-    if (j == chunks - 1) b.cross_set(Pipe::Mte2, 2, kOFree);  // the GM slot is read
+    if (j == chunks - 1) b.cross_set(Pipe::Mte2, 2, up(kOFree, a));  // the GM slot is read
     b.set_flag(Pipe::Mte2, Pipe::V, ev);
   };
   b.cross_wait(Pipe::Mte2, kOReady);
@@ -660,6 +675,11 @@ void Lowering::aiv(sim::CoreProgram& cp, int c, int a) const {
   sim::CoreBuilder b(cp, functional_);
   Emit em{b};
   const bool split = t_.split_kv > 1, sink = s_.sink && !split;
+  if (a >= d_.Av) {
+    idle_aiv(b, c, a);
+    if (split) merge(b, c * d_.A + a, cores_ * d_.A);
+    return;
+  }
   for (int q = 0; q < 3; ++q) {
     if (!d_.via_ub) b.set_flag(Pipe::V, Pipe::Mte2, q);
     b.set_flag(Pipe::Mte3, Pipe::V, q);
@@ -707,6 +727,29 @@ void Lowering::aiv(sim::CoreProgram& cp, int c, int a) const {
   }
   for (int64_t i = 0; i < std::min<int64_t>(nb, 2); ++i) b.cross_wait(Pipe::Mte3, kPFree);
   if (split) merge(b, c * d_.A + a, cores_ * d_.A);
+}
+
+// An AIV that holds none of the head block's heads (head_block / A no multiple of 8): it gathers
+// its share of the rows as the others do, and takes the AIC's mode-2 broadcasts meant for the
+// head-holding AIVs (S READY, O READY, P FREE) in the order they would, so none pile up past the
+// pending limit; the AIC counts only the head-holding AIVs' S FREE, P READY and O FREE.
+void Lowering::idle_aiv(sim::CoreBuilder& b, int c, int a) const {
+  if (aiv_gather_)
+    for (int q = 0; q < 2; ++q) b.set_flag(Pipe::Mte3, Pipe::Mte2, q);
+  const std::vector<Block> blocks = blocks_of(c);
+  const int64_t nb = static_cast<int64_t>(blocks.size());
+  int64_t gn = 0;
+  if (aiv_gather_ && nb > 0) gather_rows(b, c, a, blocks[0], 0, gn);
+  for (int64_t k = 0; k < nb; ++k) {
+    b.cross_wait(Pipe::V, kSReady);
+    if (aiv_gather_ && k + 1 < nb) gather_rows(b, c, a, blocks[static_cast<size_t>(k + 1)], k + 1, gn);
+    if (k > 0) b.cross_wait(Pipe::V, kOReady), b.cross_wait(Pipe::V, kPFree);
+  }
+  if (nb > 0) b.cross_wait(Pipe::V, kOReady), b.cross_wait(Pipe::V, kPFree);
+  if (aiv_gather_) {
+    for (int q = 0; q < 2; ++q) b.wait_flag(Pipe::Mte3, Pipe::Mte2, q);
+    for (int64_t i = 0; i < std::min<int64_t>(nb, d_.k_depth); ++i) b.cross_wait(Pipe::Mte3, kKFree);
+  }
 }
 
 // Split-KV merge (FlashDecoding): after every AIV has written its partials (barrier), AIV v takes

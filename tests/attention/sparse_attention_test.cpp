@@ -82,6 +82,56 @@ SparseAttentionShape v4_like() {
   return s;
 }
 
+// The workbench's toy attention (KERNELS.md 6.1: 8 query heads, MQA, d_qk 80 = latent 64 + rope
+// 16, d_v 64): 8 heads are one 32-byte fp32 vector, so the head block runs on one AIV of the pair.
+// DSA-like: 3 decode tokens over a 600-row cache, 32 indices each. Token 0: 20 valid rows, then
+// -1 padding; token 1: 32 unsorted picks with -1 and >= rows mixed in, some token 0's; token 2:
+// 5 valid rows scattered among -1.
+SparseAttentionShape toy_dsa() {
+  SparseAttentionShape s;
+  s.tokens = 3, s.heads = 8, s.d_qk = 80, s.d_v = 64;
+  s.scale = 1.0 / std::sqrt(80.0);
+  SparseKvSource src;
+  src.rows = 600, src.per_query = 32;
+  src.idx.assign(3 * 32, -1);
+  kernels::Rng rng(23);
+  auto at = [&](int t, int j) -> int32_t& { return src.idx[static_cast<size_t>(t * 32 + j)]; };
+  for (int j = 0; j < 20; ++j) at(0, j) = (j * 29 + 3) % 600;
+  for (int j = 0; j < 32; ++j) {
+    const uint64_t r = rng.next() % 8;
+    at(1, j) = r == 0 ? -1 : r == 1 ? 600 + static_cast<int32_t>(rng.next() % 40) : r == 2 ? at(0, j % 20)
+                                                                                   : static_cast<int32_t>(rng.next() % 600);
+  }
+  for (int j = 0; j < 5; ++j) at(2, 6 * j + 1) = static_cast<int32_t>(590 - 37 * j);
+  s.sources.push_back(std::move(src));
+  return s;
+}
+
+// Toy V4-like: 3 sequences of one decode token at positions 9, 70 and 199 (context 200), a
+// 16-slot window ring each (the first not full: -1 in front) and the top-32 of the sequence's
+// compressed entries (m = 4: 50 per sequence, the visible ones only; fewer than 32 visible for
+// the first: -1 padding), with sinks.
+SparseAttentionShape toy_v4() {
+  SparseAttentionShape s;
+  s.tokens = 3, s.heads = 8, s.d_qk = 80, s.d_v = 64, s.sink = true;
+  s.scale = 1.0 / std::sqrt(80.0);
+  SparseKvSource win, cmp;
+  win.rows = 3 * 16, win.per_query = 16;
+  cmp.rows = 3 * 50, cmp.per_query = 32;
+  kernels::Rng rng(31);
+  const int pos[3] = {9, 70, 199};
+  for (int t = 0; t < 3; ++t) {
+    for (int j = 0; j < 16; ++j) {
+      const int p = pos[t] - 15 + j;
+      win.idx.push_back(p < 0 ? -1 : t * 16 + p % 16);
+    }
+    const int visible = (pos[t] + 1) / 4;
+    for (int j = 0; j < 32; ++j) cmp.idx.push_back(j < visible ? t * 50 + static_cast<int32_t>(rng.next() % visible) : -1);
+  }
+  s.sources = {win, cmp};
+  return s;
+}
+
 SparseAttentionTiling tiling(int64_t kv_block, int64_t head_block, GatherBy g, int split = 1, int stages = 2, int cores = 3) {
   SparseAttentionTiling t;
   t.kv_block = kv_block, t.head_block = head_block, t.gather = g, t.split_kv = split, t.stages = stages, t.cores = cores;
@@ -133,9 +183,14 @@ std::string describe(const reports::ValidationReport& v) {
 
 // Runs functionally and judges it. lse must pass every check. out must pass every check that its
 // same-precision emulation (the kernel's own rounding points, judged by the same policy as if it
-// were the device) passes: KERNELS.md 5.2's element-wise bound for bf16 outputs (atol 1e-3 RMS of
-// the whole output) is below the error of rounding P to bf16 before P V, which the emulation, and
-// every flash attention, incurs; there the kernel may fail no more elements than its emulation.
+// were the device) passes. The validation widens each element's bound to twice the emulation's
+// error there (plus atol), so most runs pass outright (every toy run does), but not all: the
+// whole-tensor MARE (max relative error over |g| >= atol / rtol) is not widened, and rounding P to
+// bf16 before P V, which the emulation and every flash attention incur, puts it above 0.078 on the
+// DSA-like shape at kv_block 64 and 128 (0.091, 0.085, the emulation's own figure), where also a
+// handful of elements (5 of 81920) land one bf16 ulp beyond the widened bound because the cube
+// sums the scores in another order than the emulation. There the kernel may fail no more elements
+// than its emulation (judged without the widening: 527 and 1136) and no more than 0.1%.
 void expect_valid(const SparseAttentionShape& s, const SparseAttentionTiling& t, const std::string& hw, const std::string& what,
                   double scale = 1.0) {
   const app::LoadedRun run = make_run(s, t, hw, scale);
@@ -162,11 +217,13 @@ void expect_valid(const SparseAttentionShape& s, const SparseAttentionTiling& t,
       for (const auto& ef : emu.failures) shared |= ef.substr(0, ef.find(':')) == check;
       EXPECT_TRUE(shared) << "out fails a check its emulation passes (" << f << "): " << ctx;
     }
-    EXPECT_LE(o.failed_elements, emu.failed_elements + emu.failed_elements / 4 + 2)
-        << "out fails more elements than its emulation (" << emu.failed_elements << "): " << ctx;
+    EXPECT_LE(o.failed_elements, std::min(emu.failed_elements, o.elements / 1000 + 2))
+        << "out fails more elements than its emulation (" << emu.failed_elements << ") or 0.1% of them: " << ctx;
   }
   EXPECT_GT(out.kernel.cycles, 0u) << what;
-  if (std::getenv("SA_VERBOSE")) std::printf("%s%s\n", ctx.c_str(), v.passed ? "  [passed]" : "  [emulation's failures only]");
+  if (std::getenv("SA_VERBOSE"))
+    std::printf("%s%s\n", ctx.c_str(), v.passed ? "  [passed]" : fmt::format("  [emulation's failures only: it fails {} elements]",
+                                                                          emu.failed_elements).c_str());
 }
 
 TEST(SparseAttention, DsaLikeValidatesOnBothDataPathsAndGatherModes) {
@@ -202,6 +259,71 @@ TEST(SparseAttention, HeadBlocksValidate) {
   for (const char* hw : kHardware) {
     expect_valid(dsa_like(32), tiling(128, 16, GatherBy::Aic, 1, 2, 4), hw, std::string(hw) + " 2 head blocks");
     expect_valid(dsa_like(32), tiling(64, 32, GatherBy::Aiv, 2, 2, 3), hw, std::string(hw) + " 32-head block, split 2");
+  }
+}
+
+TEST(SparseAttention, ToyEightHeadsRunOnOneAivOfThePair) {
+  // head_block 8 (one fp32 vector of heads): AIV 0 of each pair holds the block, AIV 1 only
+  // gathers (gather: aiv), answers nothing but takes the AIC's broadcasts, and merges (split_kv).
+  for (const char* hw : kHardware)
+    for (GatherBy g : {GatherBy::Aic, GatherBy::Aiv}) {
+      const std::string what = std::string(hw) + (g == GatherBy::Aic ? " toy aic" : " toy aiv");
+      // (a) one source; kv 16 cuts token 0's 20 rows and token 1's into a full and a partial block.
+      expect_valid(toy_dsa(), tiling(16, 8, g), hw, what + " dsa");
+      expect_valid(toy_dsa(), tiling(32, 8, g, 1, 3, 2), hw, what + " dsa kv 32, 3 stages, 2 cores", 1.5);
+      // (b) window 16 + compressed 32 with sinks; kv 16 blocks straddle the two sources.
+      expect_valid(toy_v4(), tiling(16, 8, g), hw, what + " v4");
+      expect_valid(toy_v4(), tiling(48, 8, g, 1, 2, 1), hw, what + " v4 kv 48, 1 core");
+      // (c) split_kv: each AIV pair's both AIVs merge; token 2 of the DSA-like has empty splits.
+      expect_valid(toy_dsa(), tiling(16, 8, g, 3, 2, 3), hw, what + " dsa split 3");
+      expect_valid(toy_v4(), tiling(16, 8, g, 2, 3, 6), hw, what + " v4 split 2");
+      expect_valid(toy_v4(), tiling(16, 8, g, 4, 2, 5), hw, what + " v4 split 4, 5 cores");
+    }
+  // The default tilings (the graphs' choice): head block 8, split_kv over the idle AICs.
+  for (const char* hw : kHardware)
+    for (const SparseAttentionShape& s : {toy_dsa(), toy_v4()})
+      expect_valid(s, kernels::default_sparse_attention_tiling(s, test::preset(hw)), hw, std::string(hw) + " toy default");
+}
+
+TEST(SparseAttention, HeadBlocksOfOddVectorCountsRunOnOneAiv) {
+  // 16 heads in two blocks of 8, and 24 heads as one block of 24 (3 vectors: not split evenly over
+  // two AIVs), beside the split 16-head blocks the other tests run.
+  for (const char* hw : kHardware) {
+    SparseAttentionShape s = toy_dsa();
+    s.heads = 16;
+    expect_valid(s, tiling(16, 8, GatherBy::Aic, 1, 2, 4), hw, std::string(hw) + " 16 heads in blocks of 8");
+    s.heads = 24;
+    expect_valid(s, tiling(32, 24, GatherBy::Aiv, 2, 2, 3), hw, std::string(hw) + " 24-head block, split 2");
+  }
+}
+
+TEST(SparseAttention, IdleAivComputesNothing) {
+  // With head_block 8 and gathers on the AIC, AIV 1 of a pair issues no vector instruction and no
+  // copy outside the merge; the AIC hands S and O_blk to AIV 0 only.
+  for (const char* hw : kHardware) {
+    const app::LoadedRun run = make_run(toy_v4(), tiling(16, 8, GatherBy::Aic, 1, 2, 3), hw);
+    const sim::Program prog = run.kernel->lower(run.hw, true);
+    int active_vec = 0;
+    for (const auto& c : prog.cores) {
+      if (c.kind != sim::CoreKind::Aiv) continue;
+      int work = 0;
+      for (const auto& ins : c.code) work += ins.op == sim::Op::Vector || ins.op == sim::Op::Copy;
+      if (c.index % 2) EXPECT_EQ(work, 0) << hw << " AIV " << c.index;
+      else active_vec += work;
+    }
+    EXPECT_GT(active_vec, 0) << hw;
+    const bool via_ub = run.hw.path(sim::Path::L0CToUb).available;
+    if (!via_ub) continue;
+    int to_ub = 0;
+    for (const auto& c : prog.cores) {
+      if (c.kind != sim::CoreKind::Aic) continue;
+      for (size_t i = 0; i < c.code.size(); ++i) {
+        if (c.code[i].op != sim::Op::Copy || c.code[i].path != sim::Path::L0CToUb) continue;
+        ++to_ub;
+        EXPECT_EQ(c.operands[i].sibling, 0) << hw << ": an L0C->UB copy to AIV 1";
+      }
+    }
+    EXPECT_GT(to_ub, 0) << hw;
   }
 }
 
@@ -270,6 +392,22 @@ TEST(SparseAttention, BrokenProgramsFailValidation) {
     // The AIC's C1 loads the first K tile before its gathers land (event 0, MTE2 -> MTE1).
     fails(drop_wait(good, sim::CoreKind::Aic, sim::Op::WaitFlag, 0, sim::Pipe::Mte1), "C1 on an ungathered K tile");
   }
+  // The same on the toy shape, whose head block runs on AIV 0 alone, with and without split_kv.
+  for (const char* hw : kHardware)
+    for (int split : {1, 2}) {
+      const app::LoadedRun run = make_run(toy_dsa(), tiling(16, 8, GatherBy::Aic, split), hw);
+      const sim::Program good = run.kernel->lower(run.hw, true);
+      const bool via_ub = run.hw.path(sim::Path::L0CToUb).available;
+      auto fails = [&](const sim::Program& p, const std::string& what) {
+        const auto out = app::execute_functional(run, p);
+        ASSERT_TRUE(out.kernel.validation.has_value());
+        EXPECT_FALSE(out.kernel.validation->passed) << hw << " toy split " << split << ": " << what << " passed";
+      };
+      const sim::Pipe in = via_ub ? sim::Pipe::V : sim::Pipe::Mte2;
+      fails(drop_wait(good, sim::CoreKind::Aiv, sim::Op::CrossWait, 0, in), "a softmax on unwritten scores");
+      fails(drop_wait(good, sim::CoreKind::Aiv, sim::Op::CrossWait, 4, in), "an O update before O_blk arrived");
+      fails(drop_wait(good, sim::CoreKind::Aic, sim::Op::WaitFlag, 0, sim::Pipe::Mte1), "C1 on an ungathered K tile");
+    }
 }
 
 TEST(SparseAttention, RefusalsNameTheirKeys) {
@@ -279,7 +417,10 @@ TEST(SparseAttention, RefusalsNameTheirKeys) {
   };
   const SparseAttentionTiling ok = tiling(64, 16, GatherBy::Aic);
   EXPECT_EQ(refused(dsa_like(), ok), "");
-  EXPECT_EQ(refused(dsa_like(), tiling(64, 12, GatherBy::Aic)), "tiling.head_block");  // not 8 heads per AIV
+  EXPECT_EQ(refused(dsa_like(), tiling(64, 12, GatherBy::Aic)), "tiling.head_block");  // not whole fp32 vectors of heads
+  EXPECT_EQ(refused(dsa_like(), tiling(64, 8, GatherBy::Aic)), "");  // 8 heads: on one AIV of the pair
+  EXPECT_EQ(refused(toy_dsa(), tiling(64, 8, GatherBy::Aiv, 2)), "");
+  EXPECT_EQ(refused(toy_dsa(), tiling(64, 16, GatherBy::Aic)), "tiling.head_block");  // does not divide 8 heads
   EXPECT_EQ(refused(dsa_like(), tiling(64, 32, GatherBy::Aic)), "tiling.head_block");  // does not divide 16 heads
   EXPECT_EQ(refused(dsa_like(128), tiling(64, 128, GatherBy::Aic)), "tiling.head_block");  // O of 64 heads > UB
   EXPECT_EQ(refused(dsa_like(), tiling(24, 16, GatherBy::Aic)), "tiling.kv_block");
@@ -361,6 +502,14 @@ TEST(SparseAttention, FactoryDrawsIndicesPerSource) {
 TEST(SparseAttention, DefaultTilingsFitAndSplitFewTokens) {
   for (const char* hw : kHardware) {
     const auto& spec = test::preset(hw);
+    // The toy's 8 heads: one head block of 8, on one AIV of the pair.
+    for (const SparseAttentionShape& s : {toy_dsa(), toy_v4()}) {
+      const SparseAttentionTiling t = kernels::default_sparse_attention_tiling(s, spec);
+      EXPECT_EQ(t.head_block, 8) << hw;
+      EXPECT_EQ(kernels::sparse_attention_active_aivs(t.head_block, spec.aiv_per_aic), 1) << hw;
+      const kernels::Status st = SparseAttentionKernel(s, t, true).can_implement(spec);
+      EXPECT_TRUE(st.ok) << hw << " toy: " << st.key << ": " << st.reason;
+    }
     for (int64_t heads : {64, 128}) {
       SparseAttentionShape s = dsa_like(heads);
       const SparseAttentionTiling t = kernels::default_sparse_attention_tiling(s, spec);
