@@ -29,11 +29,9 @@ const std::vector<AttentionModel>& attention_models() {
       {"deepseek-v4-pro", 7168, 128, 512, 512, 0, 0, 64, 128, 1024, 128, 4, 128, true, {"csa", "hca", "swa"}, 4096, 120,
        131072,
        {"as V4-Flash with 128 heads and indexer top-k 1024 (medium confidence: one mirror says 512, KERNELS.md 6.1)"}},
-      {"toy", 256, 16, 80, 64, 0, 0, 4, 32, 32, 16, 4, 16, true, {"dense", "dsa", "csa", "hca", "swa"}, 64, 4, 512,
+      {"toy", 256, 8, 80, 64, 0, 0, 4, 32, 32, 16, 4, 16, true, {"dense", "dsa", "csa", "hca", "swa"}, 64, 4, 512,
        {"toy (KERNELS.md 6.1, estimated): every layer kind at small sizes: MQA latent 64 + rope 16, indexer 4 x 32 "
-        "top-k 32, window 16, CSA m = 4, HCA m = 16",
-        "16 query heads where KERNELS.md's toy has 8: sparse attention splits a head block over the AIV pair in whole "
-        "32-byte fp32 vectors (8 heads each)"},
+        "top-k 32, window 16, CSA m = 4, HCA m = 16"},
        16},
   };
   return kModels;
