@@ -8,6 +8,7 @@
 #include <iostream>
 #include <set>
 
+#include "app/command.hpp"
 #include "app/session.hpp"
 #include "common/errors.hpp"
 #include "reports/writers.hpp"
@@ -180,6 +181,14 @@ int main(int argc, char** argv) {
   show->add_option("name", hw_name, "preset name or hardware YAML path")->required();
   show->add_option("--set", hw_sets, "override hardware.<param>=<value>");
 
+  // sweep, merge, compare, regress, tune: each registered from its own app/*_cli.cpp.
+  std::vector<std::pair<std::unique_ptr<app::Command>, CLI::App*>> commands;
+  for (const auto& make : app::command_registry()) {
+    auto c = make();
+    CLI::App* sub = c->add_to(cli);
+    commands.emplace_back(std::move(c), sub);
+  }
+
   try {
     cli.parse(argc, argv);
   } catch (const CLI::Success& e) {
@@ -199,6 +208,8 @@ int main(int argc, char** argv) {
     if (*graph_show) return cmd_graph_show(run_args);
     if (hw->got_subcommand("list")) return cmd_hw_list();
     if (hw->got_subcommand("show")) return cmd_hw_show(hw_name, hw_sets);
+    for (auto& [c, sub] : commands)
+      if (*sub) return c->run(command_line(argc, argv));
   } catch (const ConfigError& e) {
     fmt::print(stderr, "error: {}\n", e.what());
     return kExitConfig;

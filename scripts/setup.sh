@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(g++ make cmake git python3 pkg-config libyaml-cpp-dev libcli11-dev libfmt-dev
-          nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev libtbb-dev)
+          nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev libtbb-dev libhdf5-dev libsqlite3-dev python3-h5py python3-pandas
+          openmpi-bin libopenmpi-dev chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
