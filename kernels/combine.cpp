@@ -243,6 +243,13 @@ CombineTiling default_combine_tiling(const CombineShape& s, const sim::HardwareS
   return t;
 }
 
+CombineTiling parse_combine_tiling(const YamlNode& tiling, CombineTiling t) {
+  if (auto c = tiling.get("cols_per_tile")) t.cols_per_tile = c->as_positive_int();
+  if (auto bu = tiling.get("buffers")) t.buffers = static_cast<int>(bu->as_positive_int());
+  if (auto c = tiling.get("cores")) t.cores = static_cast<int>(c->as_positive_int());
+  return t;
+}
+
 std::unique_ptr<Kernel> make_combine(const YamlNode& w, const std::optional<YamlNode>& tiling, const sim::HardwareSpec& hw) {
   CombineShape s;
   s.hidden = w.at("hidden").as_positive_int();
@@ -255,12 +262,12 @@ std::unique_ptr<Kernel> make_combine(const YamlNode& w, const std::optional<Yaml
   s.tokens = r.tokens, s.topk = r.topk;
   s.expert_of = draw_routing(r);
   CombineTiling t = default_combine_tiling(s, hw);
-  if (tiling) {
-    if (auto c = tiling->get("cols_per_tile")) t.cols_per_tile = c->as_positive_int();
-    if (auto bu = tiling->get("buffers")) t.buffers = static_cast<int>(bu->as_positive_int());
-    if (auto c = tiling->get("cores")) t.cores = static_cast<int>(c->as_positive_int());
-  }
+  if (tiling) t = parse_combine_tiling(*tiling, t);
   return std::make_unique<CombineKernel>(std::move(s), t, !tiling.has_value());
+}
+
+std::unique_ptr<Kernel> CombineKernel::with_tiling(const YamlNode& tiling, const sim::HardwareSpec&) const {
+  return std::make_unique<CombineKernel>(s_, parse_combine_tiling(tiling, t_), false);
 }
 
 }  // namespace npusim::kernels

@@ -44,6 +44,8 @@ class CombineKernel : public Kernel {
   double peak_flops_per_cycle(const sim::HardwareSpec& hw) const override;
   double estimated_instructions() const override;
   nlohmann::json details() const override;
+  SearchSpace search_space(const sim::HardwareSpec& hw) const override;
+  std::unique_ptr<Kernel> with_tiling(const YamlNode& tiling, const sim::HardwareSpec& hw) const override;
 
   // Where flat entry f = t K + j sits among the expert-sorted rows (stable sort by expert).
   const std::vector<int32_t>& inverse() const { return inv_; }
@@ -57,6 +59,9 @@ class CombineKernel : public Kernel {
 };
 
 CombineTiling default_combine_tiling(const CombineShape& s, const sim::HardwareSpec& hw);
+
+// A `tiling:` section (cols_per_tile, buffers, cores) over `base`.
+CombineTiling parse_combine_tiling(const YamlNode& tiling, CombineTiling base);
 
 std::unique_ptr<Kernel> make_combine(const YamlNode& workload, const std::optional<YamlNode>& tiling,
                                      const sim::HardwareSpec& hw);

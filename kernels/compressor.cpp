@@ -496,6 +496,19 @@ CompressorTiling default_compressor_tiling(const CompressorShape& s, const sim::
   return t;  // can_implement says why it does not fit
 }
 
+CompressorTiling parse_compressor_tiling(const YamlNode& tiling, CompressorTiling t, const CompressorShape& s,
+                                         const sim::HardwareSpec& hw) {
+  const int cores = t.gemm.cores;
+  t.gemm = parse_gemm_tiling(tiling, t.gemm, 1, 1, hw, s.dtype);
+  if (!tiling.get("cores")) t.gemm.cores = cores;
+  if (auto x = tiling.get("rows_per_tile")) t.rows_per_tile = x->as_positive_int();
+  if (auto x = tiling.get("blocks_per_tile")) t.blocks_per_tile = x->as_positive_int();
+  if (auto x = tiling.get("entries_per_tile")) t.entries_per_tile = x->as_positive_int();
+  if (auto x = tiling.get("buffers")) t.buffers = static_cast<int>(x->as_positive_int());
+  if (auto x = tiling.get("slots")) t.slots = static_cast<int>(x->as_positive_int());
+  return t;
+}
+
 std::unique_ptr<Kernel> make_compressor(const YamlNode& w, const std::optional<YamlNode>& tiling, const sim::HardwareSpec& hw) {
   CompressorShape s;
   auto& c = s.cfg;
@@ -528,17 +541,12 @@ std::unique_ptr<Kernel> make_compressor(const YamlNode& w, const std::optional<Y
     if (auto th = r->get("theta")) c.rope.theta = th->as_positive_double();
   }
   CompressorTiling t = default_compressor_tiling(s, hw);
-  if (tiling) {
-    const int cores = t.gemm.cores;
-    t.gemm = parse_gemm_tiling(tiling, t.gemm, 1, 1, hw, s.dtype);
-    if (!tiling->get("cores")) t.gemm.cores = cores;
-    if (auto x = tiling->get("rows_per_tile")) t.rows_per_tile = x->as_positive_int();
-    if (auto x = tiling->get("blocks_per_tile")) t.blocks_per_tile = x->as_positive_int();
-    if (auto x = tiling->get("entries_per_tile")) t.entries_per_tile = x->as_positive_int();
-    if (auto x = tiling->get("buffers")) t.buffers = static_cast<int>(x->as_positive_int());
-    if (auto x = tiling->get("slots")) t.slots = static_cast<int>(x->as_positive_int());
-  }
+  if (tiling) t = parse_compressor_tiling(*tiling, t, s, hw);
   return std::make_unique<CompressorKernel>(std::move(s), t, !tiling.has_value());
+}
+
+std::unique_ptr<Kernel> CompressorKernel::with_tiling(const YamlNode& tiling, const sim::HardwareSpec& hw) const {
+  return std::make_unique<CompressorKernel>(s_, parse_compressor_tiling(tiling, t_, s_, hw), false);
 }
 
 }  // namespace npusim::kernels

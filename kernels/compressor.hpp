@@ -92,6 +92,8 @@ class CompressorKernel : public Kernel {
   double estimated_instructions() const override;
   std::vector<double> make_input(size_t index, const InputSpec& spec) const override;
   nlohmann::json details() const override;
+  SearchSpace search_space(const sim::HardwareSpec& hw) const override;
+  std::unique_ptr<Kernel> with_tiling(const YamlNode& tiling, const sim::HardwareSpec& hw) const override;
   const CompressorShape& shape() const { return s_; }
   const CompressorTiling& tiling() const { return t_; }
 
@@ -113,6 +115,11 @@ int64_t compressor_ub_bytes(const CompressorShape& s, const CompressorTiling& t,
 // half the AICs have a block (more, narrower blocks re-read x more than they gain in parallel
 // weight streams), rows_per_tile halved from 32 until the whole-width state tiles fit.
 CompressorTiling default_compressor_tiling(const CompressorShape& s, const sim::HardwareSpec& hw);
+
+// A `tiling:` section over `base`: the GEMM keys (as gemm; cores kept when absent), rows_per_tile,
+// blocks_per_tile, entries_per_tile, buffers, slots.
+CompressorTiling parse_compressor_tiling(const YamlNode& tiling, CompressorTiling base, const CompressorShape& s,
+                                         const sim::HardwareSpec& hw);
 
 // workload: {op: compressor, hidden, head_dim, ratio, tokens, starts: [..] | batch + start
 // (+ start_step), dtype, eps, overlap (default ratio == 4), quant: none | fp8,

@@ -166,6 +166,13 @@ Golden ElementwiseKernel::reference(const std::vector<std::vector<double>>& in) 
   return g;
 }
 
+ElementwiseTiling parse_elementwise_tiling(const YamlNode& tiling, ElementwiseTiling t) {
+  if (auto te = tiling.get("tile_elems")) t.tile_elems = te->as_positive_int();
+  if (auto bu = tiling.get("buffers")) t.buffers = static_cast<int>(bu->as_positive_int());
+  if (auto c = tiling.get("cores")) t.cores = static_cast<int>(c->as_positive_int());
+  return t;
+}
+
 std::unique_ptr<Kernel> make_elementwise(const YamlNode& w, const std::optional<YamlNode>& tiling,
                                          const sim::HardwareSpec& hw) {
   ElementwiseShape s;
@@ -190,14 +197,12 @@ std::unique_ptr<Kernel> make_elementwise(const YamlNode& w, const std::optional<
   }
   if (s.op == sim::VecOp::Cast && s.out == s.in) w.at("out_dtype").fail("a cast must change the dtype");
   ElementwiseTiling t = default_elementwise_tiling(s, hw);
-  bool is_default = true;
-  if (tiling) {
-    is_default = false;
-    if (auto te = tiling->get("tile_elems")) t.tile_elems = te->as_positive_int();
-    if (auto bu = tiling->get("buffers")) t.buffers = static_cast<int>(bu->as_positive_int());
-    if (auto c = tiling->get("cores")) t.cores = static_cast<int>(c->as_positive_int());
-  }
-  return std::make_unique<ElementwiseKernel>(std::move(s), t, is_default);
+  if (tiling) t = parse_elementwise_tiling(*tiling, t);
+  return std::make_unique<ElementwiseKernel>(std::move(s), t, !tiling.has_value());
+}
+
+std::unique_ptr<Kernel> ElementwiseKernel::with_tiling(const YamlNode& tiling, const sim::HardwareSpec&) const {
+  return std::make_unique<ElementwiseKernel>(s_, parse_elementwise_tiling(tiling, t_), false);
 }
 
 }  // namespace npusim::kernels

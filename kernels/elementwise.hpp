@@ -44,6 +44,10 @@ class ElementwiseKernel : public Kernel {
   double peak_flops_per_cycle(const sim::HardwareSpec& hw) const override {
     return hw.aiv.vec_rate[static_cast<int>(s_.op)][static_cast<int>(s_.in)] * hw.num_aiv;
   }
+  SearchSpace search_space(const sim::HardwareSpec& hw) const override;
+  std::unique_ptr<Kernel> with_tiling(const YamlNode& tiling, const sim::HardwareSpec& hw) const override;
+  const ElementwiseShape& shape() const { return s_; }
+  const ElementwiseTiling& tiling() const { return t_; }
 
  private:
   int inputs() const { return sim::vec_op_sources(s_.op); }
@@ -55,6 +59,9 @@ class ElementwiseKernel : public Kernel {
 // Default: every AIV, 2 buffers, and the largest tile (a multiple of 256 B worth of elements, at
 // most 32 KiB per buffer) whose buffers fit UB.
 ElementwiseTiling default_elementwise_tiling(const ElementwiseShape& s, const sim::HardwareSpec& hw);
+
+// A `tiling:` section (tile_elems, buffers, cores) over `base`.
+ElementwiseTiling parse_elementwise_tiling(const YamlNode& tiling, ElementwiseTiling base);
 
 std::unique_ptr<Kernel> make_elementwise(const YamlNode& workload, const std::optional<YamlNode>& tiling,
                                          const sim::HardwareSpec& hw);

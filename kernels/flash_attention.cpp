@@ -42,6 +42,30 @@ std::pair<int64_t, int64_t> block_heads_queries(const FlashAttentionShape& s, in
 }
 }  // namespace
 
+KeyRange key_range(const FlashAttentionShape& s, int64_t q0, int64_t nq, int64_t kv_block, int split_kv) {
+  const int64_t pos_min = s.kv_len - s.q_len + q0, pos_max = pos_min + nq - 1;
+  KeyRange r;
+  r.blocks = ceil_div(s.causal ? pos_max + 1 : s.kv_len, kv_block);
+  // Every split starts with a block each row sees whole, so no split has a row without a key (its
+  // max would be -inf); the partly masked blocks go to the last split.
+  r.full = s.causal ? (pos_min + 1) / kv_block : r.blocks;
+  r.splits = std::max<int64_t>(1, std::min<int64_t>(split_kv, r.full));
+  return r;
+}
+
+Work count_work(const FlashAttentionShape& s, int64_t q_block, int64_t kv_block, int split_kv) {
+  const auto [hb, mq] = block_heads_queries(s, q_block);
+  const int64_t per_q0 = s.batch * s.heads_kv * ceil_div(s.group(), hb);  // groups sharing a query range
+  Work w;
+  for (int64_t q0 = 0; q0 < s.q_len; q0 += mq) {
+    const KeyRange kr = key_range(s, q0, std::min(mq, s.q_len - q0), kv_block, split_kv);
+    w.groups += per_q0, w.items += per_q0 * kr.splits, w.steps += per_q0 * kr.blocks;
+    w.longest = std::max({w.longest, kr.blocks - (kr.splits - 1) * kr.full / kr.splits, ceil_div(kr.full, kr.splits)});
+    if (kr.splits > 1) w.split_groups += per_q0;
+  }
+  return w;
+}
+
 Plan make_plan(const FlashAttentionShape& s, const FlashAttentionTiling& t, int num_aic) {
   Plan p;
   const auto [hb, mq] = block_heads_queries(s, t.q_block);
@@ -54,13 +78,9 @@ Plan make_plan(const FlashAttentionShape& s, const FlashAttentionTiling& t, int 
           gr.b = b, gr.n2 = n2;
           gr.rows = {q0, std::min(mq, s.q_len - q0), h0, std::min(hb, g - h0), false};
           gr.rows.head_major = gr.rows.nh < gr.rows.nq;  // fewer copies per block
-          const int64_t pos_min = s.kv_len - s.q_len + q0, pos_max = pos_min + gr.rows.nq - 1;
-          const int64_t kv_end = s.causal ? pos_max + 1 : s.kv_len;
-          gr.blocks = ceil_div(kv_end, Bk);
-          // Every split starts with a block each row sees whole, so no split has a row without a
-          // key (its max would be -inf); the partly masked blocks go to the last split.
-          const int64_t full = s.causal ? (pos_min + 1) / Bk : gr.blocks;
-          const int64_t sp = std::max<int64_t>(1, std::min<int64_t>(t.split_kv, full));
+          const KeyRange kr = key_range(s, q0, gr.rows.nq, Bk, t.split_kv);
+          const int64_t full = kr.full, sp = kr.splits;
+          gr.blocks = kr.blocks;
           for (int64_t i = 0; i < sp; ++i) gr.split_begin.push_back(sp == 1 ? 0 : i * full / sp);
           gr.split_begin.push_back(gr.blocks);
           if (sp > 1) gr.part = p.split_groups++;
@@ -528,6 +548,17 @@ FlashAttentionTiling default_flash_attention_tiling(const FlashAttentionShape& s
   return t;
 }
 
+FlashAttentionTiling parse_flash_attention_tiling(const YamlNode& tiling, FlashAttentionTiling t, const FlashAttentionShape& s,
+                                                  const sim::HardwareSpec& hw) {
+  if (auto x = tiling.get("q_block")) t.q_block = x->as_positive_int();
+  if (auto x = tiling.get("kv_block")) t.kv_block = x->as_positive_int();
+  if (auto x = tiling.get("stages")) t.stages = static_cast<int>(x->as_positive_int());
+  if (auto x = tiling.get("split_kv")) t.split_kv = static_cast<int>(x->as_positive_int());
+  if (auto x = tiling.get("cores")) t.cores = static_cast<int>(x->as_positive_int());
+  else t.cores = static_cast<int>(std::clamp<int64_t>(static_cast<int64_t>(fa::make_plan(s, t, hw.num_aic).items.size()), 1, hw.num_aic));
+  return t;
+}
+
 std::unique_ptr<Kernel> make_flash_attention(const YamlNode& w, const std::optional<YamlNode>& tiling, const sim::HardwareSpec& hw) {
   FlashAttentionShape s;
   s.batch = w.at("batch").as_positive_int();
@@ -554,15 +585,12 @@ std::unique_ptr<Kernel> make_flash_attention(const YamlNode& w, const std::optio
   if (s.q_len > s.kv_len) w.at("q_len").fail(fmt::format("q_len {} exceeds kv_len {} (the queries are the sequence's last tokens)", s.q_len, s.kv_len));
   if (s.heads_q % s.heads_kv) w.at("heads_kv").fail(fmt::format("heads_q {} is not a multiple of heads_kv {}", s.heads_q, s.heads_kv));
   FlashAttentionTiling t = default_flash_attention_tiling(s, hw);
-  if (tiling) {
-    if (auto x = tiling->get("q_block")) t.q_block = x->as_positive_int();
-    if (auto x = tiling->get("kv_block")) t.kv_block = x->as_positive_int();
-    if (auto x = tiling->get("stages")) t.stages = static_cast<int>(x->as_positive_int());
-    if (auto x = tiling->get("split_kv")) t.split_kv = static_cast<int>(x->as_positive_int());
-    if (auto x = tiling->get("cores")) t.cores = static_cast<int>(x->as_positive_int());
-    else t.cores = static_cast<int>(std::clamp<int64_t>(static_cast<int64_t>(fa::make_plan(s, t, hw.num_aic).items.size()), 1, hw.num_aic));
-  }
+  if (tiling) t = parse_flash_attention_tiling(*tiling, t, s, hw);
   return std::make_unique<FlashAttentionKernel>(s, t, !tiling.has_value());
+}
+
+std::unique_ptr<Kernel> FlashAttentionKernel::with_tiling(const YamlNode& tiling, const sim::HardwareSpec& hw) const {
+  return std::make_unique<FlashAttentionKernel>(s_, parse_flash_attention_tiling(tiling, t_, s_, hw), false);
 }
 
 }  // namespace npusim::kernels

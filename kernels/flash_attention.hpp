@@ -107,6 +107,8 @@ class FlashAttentionKernel : public Kernel {
     return 2.0 * hw.cube_macs_per_cycle(s_.dtype) * hw.num_aic;
   }
   double estimated_instructions() const override;
+  SearchSpace search_space(const sim::HardwareSpec& hw) const override;
+  std::unique_ptr<Kernel> with_tiling(const YamlNode& tiling, const sim::HardwareSpec& hw) const override;
   const FlashAttentionShape& shape() const { return s_; }
   const FlashAttentionTiling& tiling() const { return t_; }
 
@@ -115,6 +117,11 @@ class FlashAttentionKernel : public Kernel {
   FlashAttentionTiling t_;
   bool default_;
 };
+
+// A `tiling:` section (q_block, kv_block, stages, split_kv, cores) over `base`; without cores,
+// every AIC that gets an item of the resulting plan.
+FlashAttentionTiling parse_flash_attention_tiling(const YamlNode& tiling, FlashAttentionTiling base, const FlashAttentionShape& s,
+                                                  const sim::HardwareSpec& hw);
 
 std::unique_ptr<Kernel> make_flash_attention(const YamlNode& workload, const std::optional<YamlNode>& tiling,
                                              const sim::HardwareSpec& hw);
@@ -170,6 +177,20 @@ struct Plan {
   int max_splits = 1;
 };
 Plan make_plan(const FlashAttentionShape& s, const FlashAttentionTiling& t, int num_aic);
+
+// The key blocks of the query block whose queries are [q0, q0 + nq): `blocks` some row sees,
+// `full` every row sees whole, and the `splits` split_kv gives it (each starts on a full block).
+struct KeyRange {
+  int64_t blocks = 0, full = 0, splits = 1;
+};
+KeyRange key_range(const FlashAttentionShape& s, int64_t q0, int64_t nq, int64_t kv_block, int split_kv);
+
+// What make_plan deals out for a tiling, counted without building it: groups, items, key-block
+// steps over all items, the longest item's steps, and the groups that are split.
+struct Work {
+  int64_t groups = 0, items = 0, steps = 0, longest = 0, split_groups = 0;
+};
+Work count_work(const FlashAttentionShape& s, int64_t q_block, int64_t kv_block, int split_kv);
 
 // Block sizes and buffer placement derived from the tiling and the hardware.
 struct Dims {

@@ -581,6 +581,13 @@ GatingTiling default_gating_tiling(const GatingShape& s, const sim::HardwareSpec
   return t;
 }
 
+GatingTiling parse_gating_tiling(const YamlNode& tiling, GatingTiling t) {
+  if (auto r = tiling.get("rows_per_tile")) t.rows_per_tile = r->as_positive_int();
+  if (auto bu = tiling.get("buffers")) t.buffers = static_cast<int>(bu->as_positive_int());
+  if (auto c = tiling.get("cores")) t.cores = static_cast<int>(c->as_positive_int());
+  return t;
+}
+
 std::unique_ptr<Kernel> make_gating(const YamlNode& w, const std::optional<YamlNode>& tiling, const sim::HardwareSpec& hw) {
   GatingShape s;
   s.tokens = w.at("tokens").as_positive_int();
@@ -633,12 +640,12 @@ std::unique_ptr<Kernel> make_gating(const YamlNode& w, const std::optional<YamlN
     w.at("experts").fail(fmt::format("a row padded to Sort32 blocks holds {} keys, above the {} MoeGatingTopK handles",
                                      dims(s).row, kMaxPaddedRow));
   GatingTiling t = default_gating_tiling(s, hw);
-  if (tiling) {
-    if (auto r = tiling->get("rows_per_tile")) t.rows_per_tile = r->as_positive_int();
-    if (auto bu = tiling->get("buffers")) t.buffers = static_cast<int>(bu->as_positive_int());
-    if (auto c = tiling->get("cores")) t.cores = static_cast<int>(c->as_positive_int());
-  }
+  if (tiling) t = parse_gating_tiling(*tiling, t);
   return std::make_unique<GatingKernel>(s, t, !tiling.has_value());
+}
+
+std::unique_ptr<Kernel> GatingKernel::with_tiling(const YamlNode& tiling, const sim::HardwareSpec&) const {
+  return std::make_unique<GatingKernel>(s_, parse_gating_tiling(tiling, t_), false);
 }
 
 }  // namespace npusim::kernels

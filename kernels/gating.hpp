@@ -103,6 +103,8 @@ class GatingKernel : public Kernel {
   double estimated_instructions() const override;
   std::vector<double> make_input(size_t index, const InputSpec& spec) const override;
   nlohmann::json details() const override;
+  SearchSpace search_space(const sim::HardwareSpec& hw) const override;
+  std::unique_ptr<Kernel> with_tiling(const YamlNode& tiling, const sim::HardwareSpec& hw) const override;
 
   // The stable reference picks (T x K, fp64 scores; hash: the table rows) of a select or fused
   // kernel, from its inputs in tensors() order.
@@ -119,6 +121,9 @@ class GatingKernel : public Kernel {
 
 // Default: the rows each AIV would get (at most 64) while two buffer sets fit UB.
 GatingTiling default_gating_tiling(const GatingShape& s, const sim::HardwareSpec& hw);
+
+// A `tiling:` section (rows_per_tile, buffers, cores) over `base`.
+GatingTiling parse_gating_tiling(const YamlNode& tiling, GatingTiling base);
 
 std::unique_ptr<Kernel> make_gating(const YamlNode& workload, const std::optional<YamlNode>& tiling,
                                     const sim::HardwareSpec& hw);

@@ -417,6 +417,13 @@ GemmTiling parse_gemm_tiling(const std::optional<YamlNode>& tiling, GemmTiling t
   return t;
 }
 
+SearchSpace GemmKernel::search_space(const sim::HardwareSpec& hw) const { return gemm_search_space(s_, {s_.m}, hw); }
+
+std::unique_ptr<Kernel> GemmKernel::with_tiling(const YamlNode& tiling, const sim::HardwareSpec& hw) const {
+  GemmTiling t = parse_gemm_tiling(tiling, t_, s_.m, s_.n, hw, s_.in);
+  return std::make_unique<GemmKernel>(s_, t, false);
+}
+
 std::unique_ptr<Kernel> make_gemm(const YamlNode& w, const std::optional<YamlNode>& tiling, const sim::HardwareSpec& hw) {
   GemmShape s = parse_gemm_shape(w, hw, /*with_m=*/true);
   GemmTiling t = parse_gemm_tiling(tiling, default_gemm_tiling(s, hw), s.m, s.n, hw, s.in);

@@ -52,6 +52,8 @@ class GemmKernel : public Kernel {
     return 2.0 * hw.cube_macs_per_cycle(s_.in) * hw.num_aic;
   }
   double estimated_instructions() const override;
+  SearchSpace search_space(const sim::HardwareSpec& hw) const override;
+  std::unique_ptr<Kernel> with_tiling(const YamlNode& tiling, const sim::HardwareSpec& hw) const override;
   const GemmShape& shape() const { return s_; }
   const GemmTiling& tiling() const { return t_; }
 
@@ -69,6 +71,14 @@ GemmShape parse_gemm_shape(const YamlNode& workload, const sim::HardwareSpec& hw
 // `tiling:` over `defaults`; the default core count covers the blocks of a blocks_m x n output.
 GemmTiling parse_gemm_tiling(const std::optional<YamlNode>& tiling, GemmTiling defaults, int64_t blocks_m, int64_t n,
                              const sim::HardwareSpec& hw, sim::DType in);
+// The GEMM tiling space over groups of `group_rows` x n x k (a plain GEMM: one group of m rows):
+// L1 and L0 tiles, swizzle, stages; the constraints are check_gemm_tiling's, and the estimate a
+// roofline of MTE2, MTE1 and cube per K step over the blocks of every group. Fused kernels add their
+// own parameters after these.
+SearchSpace gemm_search_space(const GemmShape& s, const std::vector<int64_t>& group_rows, const sim::HardwareSpec& hw);
+// The `tiling:` section of a GEMM space point (the first 9 parameters of gemm_search_space).
+nlohmann::json gemm_space_tiling(const int64_t* p);
+
 // Buffer capacity, alignment, divisibility, stages, cores and swizzle of a tiling for a shape.
 Status check_gemm_tiling(const GemmShape& s, const GemmTiling& t, const sim::HardwareSpec& hw);
 

@@ -181,4 +181,9 @@ std::unique_ptr<Kernel> make_grouped_gemm(const YamlNode& w, const std::optional
   return std::make_unique<GroupedGemmKernel>(s, std::move(rows), t, !tiling.has_value());
 }
 
+std::unique_ptr<Kernel> GroupedGemmKernel::with_tiling(const YamlNode& tiling, const sim::HardwareSpec& hw) const {
+  const GemmTiling t = parse_gemm_tiling(tiling, t_, std::max<int64_t>(1, total_rows()), s_.n, hw, s_.in);
+  return std::make_unique<GroupedGemmKernel>(s_, rows_, t, false);
+}
+
 }  // namespace npusim::kernels

@@ -31,6 +31,9 @@ class GroupedGemmKernel : public Kernel {
   }
   double estimated_instructions() const override;
   nlohmann::json details() const override;
+  // The GEMM space over the groups' rows (gemm_search_space); the tiling is parsed as a GEMM's.
+  SearchSpace search_space(const sim::HardwareSpec& hw) const override;
+  std::unique_ptr<Kernel> with_tiling(const YamlNode& tiling, const sim::HardwareSpec& hw) const override;
   int64_t total_rows() const;
   const std::vector<int64_t>& group_rows() const { return rows_; }
 

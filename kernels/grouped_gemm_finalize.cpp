@@ -385,6 +385,16 @@ GroupedGemmFinalizeTiling default_grouped_gemm_finalize_tiling(const GroupedGemm
   return t;
 }
 
+GroupedGemmFinalizeTiling parse_grouped_gemm_finalize_tiling(const YamlNode& tiling, GroupedGemmFinalizeTiling t,
+                                                              const GroupedGemmFinalizeShape& s, const sim::HardwareSpec& hw) {
+  t.gemm = parse_gemm_tiling(tiling, t.gemm, s.tokens * s.topk, s.gemm.n, hw, s.gemm.in);
+  if (auto x = tiling.get("rows_per_tile")) t.rows_per_tile = x->as_positive_int();
+  if (auto x = tiling.get("cols_per_tile")) t.cols_per_tile = x->as_positive_int();
+  if (auto x = tiling.get("buffers")) t.buffers = static_cast<int>(x->as_positive_int());
+  if (auto x = tiling.get("slots")) t.slots = static_cast<int>(x->as_positive_int());
+  return t;
+}
+
 std::unique_ptr<Kernel> make_grouped_gemm_finalize(const YamlNode& w, const std::optional<YamlNode>& tiling,
                                                    const sim::HardwareSpec& hw) {
   GroupedGemmFinalizeShape s;
@@ -403,14 +413,12 @@ std::unique_ptr<Kernel> make_grouped_gemm_finalize(const YamlNode& w, const std:
   s.tokens = r.tokens, s.topk = r.topk, s.experts = r.experts;
   s.expert_of = draw_routing(r);
   GroupedGemmFinalizeTiling t = default_grouped_gemm_finalize_tiling(s, hw);
-  if (tiling) {
-    t.gemm = parse_gemm_tiling(tiling, t.gemm, s.tokens * s.topk, s.gemm.n, hw, s.gemm.in);
-    if (auto x = tiling->get("rows_per_tile")) t.rows_per_tile = x->as_positive_int();
-    if (auto x = tiling->get("cols_per_tile")) t.cols_per_tile = x->as_positive_int();
-    if (auto x = tiling->get("buffers")) t.buffers = static_cast<int>(x->as_positive_int());
-    if (auto x = tiling->get("slots")) t.slots = static_cast<int>(x->as_positive_int());
-  }
+  if (tiling) t = parse_grouped_gemm_finalize_tiling(*tiling, t, s, hw);
   return std::make_unique<GroupedGemmFinalizeKernel>(std::move(s), t, !tiling.has_value());
+}
+
+std::unique_ptr<Kernel> GroupedGemmFinalizeKernel::with_tiling(const YamlNode& tiling, const sim::HardwareSpec& hw) const {
+  return std::make_unique<GroupedGemmFinalizeKernel>(s_, parse_grouped_gemm_finalize_tiling(tiling, t_, s_, hw), false);
 }
 
 }  // namespace npusim::kernels

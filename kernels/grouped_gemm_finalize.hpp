@@ -53,6 +53,10 @@ class GroupedGemmFinalizeKernel : public Kernel {
   }
   double estimated_instructions() const override;
   nlohmann::json details() const override;
+  // The GEMM space over the expert rows, then the AIVs' rows_per_tile, cols_per_tile (the init
+  // and cast phases), buffers and the hand-off's slots.
+  SearchSpace search_space(const sim::HardwareSpec& hw) const override;
+  std::unique_ptr<Kernel> with_tiling(const YamlNode& tiling, const sim::HardwareSpec& hw) const override;
   const std::vector<int64_t>& group_rows() const { return rows_; }
 
  private:
@@ -69,6 +73,11 @@ int64_t grouped_gemm_finalize_ub_bytes(const GroupedGemmFinalizeShape& s, const 
 
 GroupedGemmFinalizeTiling default_grouped_gemm_finalize_tiling(const GroupedGemmFinalizeShape& s,
                                                                const sim::HardwareSpec& hw);
+
+// A `tiling:` section over `base`: the GEMM keys (as gemm; cores recomputed when absent),
+// rows_per_tile, cols_per_tile, buffers, slots.
+GroupedGemmFinalizeTiling parse_grouped_gemm_finalize_tiling(const YamlNode& tiling, GroupedGemmFinalizeTiling base,
+                                                              const GroupedGemmFinalizeShape& s, const sim::HardwareSpec& hw);
 
 std::unique_ptr<Kernel> make_grouped_gemm_finalize(const YamlNode& workload, const std::optional<YamlNode>& tiling,
                                                    const sim::HardwareSpec& hw);

@@ -279,6 +279,16 @@ GroupedGemmSwigluTiling default_grouped_gemm_swiglu_tiling(const GroupedGemmSwig
   return t;
 }
 
+GroupedGemmSwigluTiling parse_grouped_gemm_swiglu_tiling(const YamlNode& tiling, GroupedGemmSwigluTiling t,
+                                                          const GroupedGemmSwigluShape& s, const sim::HardwareSpec& hw) {
+  // The GEMM keys over the intermediate columns: n1 counts gate (and up) columns of an item.
+  t.gemm = parse_gemm_tiling(tiling, t.gemm, std::max<int64_t>(1, s.act.rows), s.act.inter, hw, s.gemm.in);
+  if (auto r = tiling.get("rows_per_tile")) t.rows_per_tile = r->as_positive_int();
+  if (auto b = tiling.get("buffers")) t.buffers = static_cast<int>(b->as_positive_int());
+  if (auto sl = tiling.get("slots")) t.slots = static_cast<int>(sl->as_positive_int());
+  return t;
+}
+
 std::unique_ptr<Kernel> make_grouped_gemm_swiglu(const YamlNode& w, const std::optional<YamlNode>& tiling,
                                                  const sim::HardwareSpec& hw) {
   GroupedGemmSwigluShape s;
@@ -297,13 +307,12 @@ std::unique_ptr<Kernel> make_grouped_gemm_swiglu(const YamlNode& w, const std::o
   s.rows = parse_group_rows(w);
   s.act.rows = total_rows(s);
   GroupedGemmSwigluTiling t = default_grouped_gemm_swiglu_tiling(s, hw);
-  if (tiling) {
-    t.gemm = parse_gemm_tiling(tiling, t.gemm, std::max<int64_t>(1, s.act.rows), s.act.inter, hw, s.gemm.in);
-    if (auto r = tiling->get("rows_per_tile")) t.rows_per_tile = r->as_positive_int();
-    if (auto b = tiling->get("buffers")) t.buffers = static_cast<int>(b->as_positive_int());
-    if (auto sl = tiling->get("slots")) t.slots = static_cast<int>(sl->as_positive_int());
-  }
+  if (tiling) t = parse_grouped_gemm_swiglu_tiling(*tiling, t, s, hw);
   return std::make_unique<GroupedGemmSwigluKernel>(std::move(s), t, !tiling.has_value());
+}
+
+std::unique_ptr<Kernel> GroupedGemmSwigluKernel::with_tiling(const YamlNode& tiling, const sim::HardwareSpec& hw) const {
+  return std::make_unique<GroupedGemmSwigluKernel>(s_, parse_grouped_gemm_swiglu_tiling(tiling, t_, s_, hw), false);
 }
 
 }  // namespace npusim::kernels

@@ -54,6 +54,10 @@ class GroupedGemmSwigluKernel : public Kernel {
   }
   double estimated_instructions() const override;
   nlohmann::json details() const override;
+  // The GEMM space over the intermediate columns (n1: gate columns of an item), then the AIVs'
+  // rows_per_tile, buffers and the hand-off's slots.
+  SearchSpace search_space(const sim::HardwareSpec& hw) const override;
+  std::unique_ptr<Kernel> with_tiling(const YamlNode& tiling, const sim::HardwareSpec& hw) const override;
 
  private:
   GroupedGemmSwigluShape s_;
@@ -66,6 +70,11 @@ int64_t grouped_gemm_swiglu_ub_bytes(const GroupedGemmSwigluShape& s, const Grou
                                      const sim::HardwareSpec& hw);
 
 GroupedGemmSwigluTiling default_grouped_gemm_swiglu_tiling(const GroupedGemmSwigluShape& s, const sim::HardwareSpec& hw);
+
+// A `tiling:` section over `base`: the GEMM keys (as gemm, over the intermediate columns; cores
+// recomputed when absent), rows_per_tile, buffers, slots.
+GroupedGemmSwigluTiling parse_grouped_gemm_swiglu_tiling(const YamlNode& tiling, GroupedGemmSwigluTiling base,
+                                                          const GroupedGemmSwigluShape& s, const sim::HardwareSpec& hw);
 
 std::unique_ptr<Kernel> make_grouped_gemm_swiglu(const YamlNode& workload, const std::optional<YamlNode>& tiling,
                                                  const sim::HardwareSpec& hw);

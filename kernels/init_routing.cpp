@@ -289,6 +289,15 @@ InitRoutingTiling default_init_routing_tiling(const InitRoutingShape& s,
   return t;
 }
 
+InitRoutingTiling parse_init_routing_tiling(const YamlNode& tiling, InitRoutingTiling t) {
+  if (auto c = tiling.get("chunk")) t.chunk = c->as_positive_int();
+  if (auto rp = tiling.get("rows_per_tile")) t.rows_per_tile = rp->as_positive_int();
+  if (auto cp = tiling.get("cols_per_tile")) t.cols_per_tile = cp->as_positive_int();
+  if (auto bu = tiling.get("buffers")) t.buffers = static_cast<int>(bu->as_positive_int());
+  if (auto c = tiling.get("cores")) t.cores = static_cast<int>(c->as_positive_int());
+  return t;
+}
+
 std::unique_ptr<Kernel> make_init_routing(const YamlNode& w, const std::optional<YamlNode>& tiling,
                                           const sim::HardwareSpec& hw) {
   InitRoutingShape s;
@@ -347,16 +356,14 @@ std::unique_ptr<Kernel> make_init_routing(const YamlNode& w, const std::optional
     weights->fail("'weights' applies to capacity mode probability only");
   }
   InitRoutingTiling t = default_init_routing_tiling(s, hw);
-  if (tiling) {
-    if (auto c = tiling->get("chunk")) t.chunk = c->as_positive_int();
-    if (auto rp = tiling->get("rows_per_tile")) t.rows_per_tile = rp->as_positive_int();
-    if (auto cp = tiling->get("cols_per_tile")) t.cols_per_tile = cp->as_positive_int();
-    if (auto bu = tiling->get("buffers")) t.buffers = static_cast<int>(bu->as_positive_int());
-    if (auto c = tiling->get("cores")) t.cores = static_cast<int>(c->as_positive_int());
-  }
+  if (tiling) t = parse_init_routing_tiling(*tiling, t);
   auto k = std::make_unique<InitRoutingKernel>(std::move(s), t, !tiling.has_value());
   if (k->layout().rows > INT32_MAX) w.fail("expanded_x would hold more than 2^31 rows");
   return k;
+}
+
+std::unique_ptr<Kernel> InitRoutingKernel::with_tiling(const YamlNode& tiling, const sim::HardwareSpec&) const {
+  return std::make_unique<InitRoutingKernel>(s_, parse_init_routing_tiling(tiling, t_), false);
 }
 
 }  // namespace npusim::kernels

@@ -115,6 +115,8 @@ class InitRoutingKernel : public Kernel {
   double estimated_instructions() const override;
   std::vector<double> make_input(size_t index, const InputSpec& spec) const override;
   nlohmann::json details() const override;
+  SearchSpace search_space(const sim::HardwareSpec& hw) const override;
+  std::unique_ptr<Kernel> with_tiling(const YamlNode& tiling, const sim::HardwareSpec& hw) const override;
 
   const RoutingLayout& layout() const { return layout_; }
   // UB bytes the lowering uses for shape `s` under tiling `t`.
@@ -131,6 +133,9 @@ class InitRoutingKernel : public Kernel {
 // they fit, every AIV that gets a chunk.
 InitRoutingTiling default_init_routing_tiling(const InitRoutingShape& s,
                                               const sim::HardwareSpec& hw);
+
+// A `tiling:` section (chunk, rows_per_tile, cols_per_tile, buffers, cores) over `base`.
+InitRoutingTiling parse_init_routing_tiling(const YamlNode& tiling, InitRoutingTiling base);
 
 std::unique_ptr<Kernel> make_init_routing(const YamlNode& workload,
                                           const std::optional<YamlNode>& tiling,

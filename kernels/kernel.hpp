@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/yaml_reader.hpp"
+#include "kernels/search_space.hpp"
 #include "sim/hardware_spec.hpp"
 #include "sim/program.hpp"
 
@@ -85,6 +86,21 @@ class Kernel {
   virtual std::vector<double> make_input(size_t index, const InputSpec& spec) const;
   // Extra report keys of this kernel (e.g. the routing a grouped GEMM ran); null for none.
   virtual nlohmann::json details() const { return nullptr; }
+
+  // Tuning. The tilings the tuner may try for this shape on `hw` (no parameters: nothing to tune).
+  virtual SearchSpace search_space(const sim::HardwareSpec& hw) const {
+    (void)hw;
+    return {};
+  }
+  // The same kernel (shape, routing, operands) with `tiling` parsed over this kernel's defaults,
+  // exactly as a `tiling:` section would be; the result may fail can_implement().
+  virtual std::unique_ptr<Kernel> with_tiling(const YamlNode& tiling, const sim::HardwareSpec& hw) const {
+    (void)hw;
+    tiling.fail(op() + " has no tiling to set");
+  }
+  // Identifies the problem a tiling is tuned for (op, shape, dtypes, layouts, routing), for the
+  // tuning database; two kernels with equal signatures accept the same tilings.
+  virtual nlohmann::json signature() const { return {{"op", op()}, {"name", name()}, {"details", details()}}; }
 };
 
 // Parses `workload` (and `tiling`, when present) for the op it names.

@@ -31,19 +31,14 @@ Plan make_plan(const IndexerShape& s, const IndexerTiling& t, int aiv_per_aic) {
   Plan p;
   p.qa = ceil_div(t.q_block, aiv_per_aic);
   const std::vector<int64_t> vis = s.visible(), base = s.key_base();
-  int64_t t0 = 0;
-  for (size_t b = 0; b < s.queries.size(); t0 += s.queries[b++])
-    for (int64_t j = 0; j < s.queries[b]; j += t.q_block) {
-      const int64_t nq = std::min(t.q_block, s.queries[b] - j), first = t0 + j;
-      const int64_t vmax = vis[first + nq - 1], blocks = ceil_div(vmax, t.key_block);
-      const int sp = static_cast<int>(std::clamp<int64_t>(t.splits, 1, std::max<int64_t>(1, blocks)));
-      p.qblocks.push_back({first, nq, base[first], vmax, blocks, sp});
-      p.max_splits = std::max(p.max_splits, sp);
-      p.stage2 |= s.fused_topk && sp > 1;
-      for (int k = 0; k < sp; ++k)
-        p.units.push_back({static_cast<int>(p.qblocks.size()) - 1, k, blocks * k / sp, blocks * (k + 1) / sp});
-      p.items += blocks;
-    }
+  for_each_qblock(s, vis, t.q_block, t.key_block, t.splits, [&](int64_t first, int64_t nq, int64_t vmax, int64_t blocks, int sp) {
+    p.qblocks.push_back({first, nq, base[first], vmax, blocks, sp});
+    p.max_splits = std::max(p.max_splits, sp);
+    p.stage2 |= s.fused_topk && sp > 1;
+    for (int k = 0; k < sp; ++k)
+      p.units.push_back({static_cast<int>(p.qblocks.size()) - 1, k, blocks * k / sp, blocks * (k + 1) / sp});
+    p.items += blocks;
+  });
   // Longest first to the least loaded AIC; an empty unit still costs its outputs.
   const int cores = static_cast<int>(std::clamp<int64_t>(t.cores, 1, static_cast<int64_t>(p.units.size())));
   std::vector<int> order(p.units.size());
@@ -368,6 +363,18 @@ std::vector<int64_t> per_sequence(const YamlNode& n, size_t batch) {
 }
 }  // namespace
 
+IndexerTiling parse_indexer_tiling(const YamlNode& tiling, IndexerTiling t) {
+  if (auto x = tiling.get("q_block")) t.q_block = x->as_positive_int();
+  if (auto x = tiling.get("key_block")) t.key_block = x->as_positive_int();
+  if (auto x = tiling.get("l1_blocks")) t.l1_blocks = x->as_positive_int();
+  if (auto x = tiling.get("stages")) t.stages = static_cast<int>(x->as_positive_int());
+  if (auto x = tiling.get("slots")) t.slots = static_cast<int>(x->as_positive_int());
+  if (auto x = tiling.get("merge_blocks")) t.merge_blocks = x->as_positive_int();
+  if (auto x = tiling.get("splits")) t.splits = static_cast<int>(x->as_positive_int());
+  if (auto x = tiling.get("cores")) t.cores = static_cast<int>(x->as_positive_int());
+  return t;
+}
+
 std::unique_ptr<Kernel> make_lightning_indexer(const YamlNode& w, const std::optional<YamlNode>& tiling,
                                                const sim::HardwareSpec& hw) {
   IndexerShape s;
@@ -398,17 +405,12 @@ std::unique_ptr<Kernel> make_lightning_indexer(const YamlNode& w, const std::opt
   if (s.heads * s.head_dim > (int64_t(1) << 20) || s.total_keys() > (int64_t(1) << 30) || tokens > (int64_t(1) << 24))
     w.fail("heads x head_dim beyond 2^20, keys beyond 2^30 or tokens beyond 2^24 do not fit the instruction fields");
   IndexerTiling t = default_indexer_tiling(s, hw);
-  if (tiling) {
-    if (auto x = tiling->get("q_block")) t.q_block = x->as_positive_int();
-    if (auto x = tiling->get("key_block")) t.key_block = x->as_positive_int();
-    if (auto x = tiling->get("l1_blocks")) t.l1_blocks = x->as_positive_int();
-    if (auto x = tiling->get("stages")) t.stages = static_cast<int>(x->as_positive_int());
-    if (auto x = tiling->get("slots")) t.slots = static_cast<int>(x->as_positive_int());
-    if (auto x = tiling->get("merge_blocks")) t.merge_blocks = x->as_positive_int();
-    if (auto x = tiling->get("splits")) t.splits = static_cast<int>(x->as_positive_int());
-    if (auto x = tiling->get("cores")) t.cores = static_cast<int>(x->as_positive_int());
-  }
+  if (tiling) t = parse_indexer_tiling(*tiling, t);
   return std::make_unique<LightningIndexerKernel>(std::move(s), t, !tiling.has_value());
+}
+
+std::unique_ptr<Kernel> LightningIndexerKernel::with_tiling(const YamlNode& tiling, const sim::HardwareSpec&) const {
+  return std::make_unique<LightningIndexerKernel>(s_, parse_indexer_tiling(tiling, t_), false);
 }
 
 }  // namespace npusim::kernels

@@ -117,8 +117,11 @@ class LightningIndexerKernel : public Kernel {
   // row; `ties` repeats three key rows so that scores tie exactly. w: normal x HI^-0.5 DI^-0.5.
   std::vector<double> make_input(size_t index, const InputSpec& spec) const override;
   nlohmann::json details() const override;
+  SearchSpace search_space(const sim::HardwareSpec& hw) const override;
+  std::unique_ptr<Kernel> with_tiling(const YamlNode& tiling, const sim::HardwareSpec& hw) const override;
 
   const IndexerShape& shape() const { return s_; }
+  const IndexerTiling& tiling() const { return t_; }
   // UB bytes one AIV needs (the larger of stage 1 and stage 2).
   static int64_t ub_bytes(const IndexerShape& s, const IndexerTiling& t, const sim::HardwareSpec& hw);
 
@@ -129,6 +132,10 @@ class LightningIndexerKernel : public Kernel {
 };
 
 IndexerTiling default_indexer_tiling(const IndexerShape& s, const sim::HardwareSpec& hw);
+
+// A `tiling:` section (q_block, key_block, l1_blocks, stages, slots, merge_blocks, splits, cores)
+// over `base`.
+IndexerTiling parse_indexer_tiling(const YamlNode& tiling, IndexerTiling base);
 
 std::unique_ptr<Kernel> make_lightning_indexer(const YamlNode& workload, const std::optional<YamlNode>& tiling,
                                                const sim::HardwareSpec& hw);

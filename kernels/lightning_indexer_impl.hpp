@@ -52,6 +52,20 @@ struct Plan {
 
 Plan make_plan(const IndexerShape& s, const IndexerTiling& t, int aiv_per_aic);
 
+// Calls f(first token, queries, visible keys of its last query, key blocks, splits) for each query
+// block: each sequence's queries cut into runs of q_block, their key blocks split into at most
+// `splits` ranges (at least one block each). `vis` is s.visible().
+template <class F>
+void for_each_qblock(const IndexerShape& s, const std::vector<int64_t>& vis, int64_t q_block, int64_t key_block, int splits, F&& f) {
+  int64_t t0 = 0;
+  for (size_t b = 0; b < s.queries.size(); t0 += s.queries[b++])
+    for (int64_t j = 0; j < s.queries[b]; j += q_block) {
+      const int64_t nq = std::min(q_block, s.queries[b] - j), first = t0 + j;
+      const int64_t vmax = vis[static_cast<size_t>(first + nq - 1)], blocks = ceil_div(vmax, key_block);
+      f(first, nq, vmax, blocks, static_cast<int>(std::clamp<int64_t>(splits, 1, std::max<int64_t>(1, blocks))));
+    }
+}
+
 // ---- On-chip layouts ----
 
 struct AicLayout {

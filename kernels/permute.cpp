@@ -165,6 +165,14 @@ std::vector<Golden> PermuteKernel::references(const std::vector<std::vector<doub
   return g;
 }
 
+PermuteTiling parse_permute_tiling(const YamlNode& tiling, PermuteTiling t) {
+  if (auto x = tiling.get("rows_per_tile")) t.rows_per_tile = x->as_positive_int();
+  if (auto x = tiling.get("cols_per_tile")) t.cols_per_tile = x->as_positive_int();
+  if (auto x = tiling.get("buffers")) t.buffers = static_cast<int>(x->as_positive_int());
+  if (auto x = tiling.get("cores")) t.cores = static_cast<int>(x->as_positive_int());
+  return t;
+}
+
 std::unique_ptr<Kernel> make_permute(const YamlNode& w, const std::optional<YamlNode>& tiling, const sim::HardwareSpec& hw) {
   PermuteShape s;
   s.hidden = w.at("hidden").as_positive_int();
@@ -175,13 +183,12 @@ std::unique_ptr<Kernel> make_permute(const YamlNode& w, const std::optional<Yaml
   s.tokens = r.tokens, s.topk = r.topk;
   s.expert_of = draw_routing(r);
   PermuteTiling t = default_permute_tiling(s, hw);
-  if (tiling) {
-    if (auto x = tiling->get("rows_per_tile")) t.rows_per_tile = x->as_positive_int();
-    if (auto x = tiling->get("cols_per_tile")) t.cols_per_tile = x->as_positive_int();
-    if (auto x = tiling->get("buffers")) t.buffers = static_cast<int>(x->as_positive_int());
-    if (auto x = tiling->get("cores")) t.cores = static_cast<int>(x->as_positive_int());
-  }
+  if (tiling) t = parse_permute_tiling(*tiling, t);
   return std::make_unique<PermuteKernel>(std::move(s), t, !tiling.has_value());
+}
+
+std::unique_ptr<Kernel> PermuteKernel::with_tiling(const YamlNode& tiling, const sim::HardwareSpec&) const {
+  return std::make_unique<PermuteKernel>(s_, parse_permute_tiling(tiling, t_), false);
 }
 
 Golden PermuteKernel::reference(const std::vector<std::vector<double>>& in) const { return references(in, {})[0]; }

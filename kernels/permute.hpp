@@ -48,6 +48,8 @@ class PermuteKernel : public Kernel {
   double compulsory_bytes() const override;
   double peak_flops_per_cycle(const sim::HardwareSpec& hw) const override;
   double estimated_instructions() const override;
+  SearchSpace search_space(const sim::HardwareSpec& hw) const override;
+  std::unique_ptr<Kernel> with_tiling(const YamlNode& tiling, const sim::HardwareSpec& hw) const override;
 
   static int64_t ub_bytes_per_set(const PermuteShape& s, const PermuteTiling& t);
 
@@ -59,6 +61,9 @@ class PermuteKernel : public Kernel {
 };
 
 PermuteTiling default_permute_tiling(const PermuteShape& s, const sim::HardwareSpec& hw);
+
+// A `tiling:` section (rows_per_tile, cols_per_tile, buffers, cores) over `base`.
+PermuteTiling parse_permute_tiling(const YamlNode& tiling, PermuteTiling base);
 
 std::unique_ptr<Kernel> make_permute(const YamlNode& workload, const std::optional<YamlNode>& tiling,
                                      const sim::HardwareSpec& hw);

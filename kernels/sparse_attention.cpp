@@ -512,6 +512,21 @@ SparseKvSource parse_source(const YamlNode& n, int64_t tokens, int64_t batch) {
 
 }  // namespace
 
+SparseAttentionTiling parse_sparse_attention_tiling(const YamlNode& tiling, SparseAttentionTiling t,
+                                                    const SparseAttentionShape& s, const sim::HardwareSpec& hw) {
+  if (auto x = tiling.get("kv_block")) t.kv_block = x->as_positive_int();
+  if (auto x = tiling.get("head_block")) t.head_block = x->as_positive_int();
+  if (auto x = tiling.get("stages")) t.stages = static_cast<int>(x->as_positive_int());
+  if (auto x = tiling.get("gather")) t.gather = x->as_enum({"aic", "aiv"}) == "aic" ? GatherBy::Aic : GatherBy::Aiv;
+  if (auto x = tiling.get("split_kv")) t.split_kv = static_cast<int>(x->as_positive_int());
+  if (auto x = tiling.get("cores")) t.cores = static_cast<int>(x->as_positive_int());
+  else {  // every AIC that gets an item of this tiling
+    const int64_t groups = t.head_block > 0 && s.heads % t.head_block == 0 ? s.heads / t.head_block : 1;
+    t.cores = static_cast<int>(std::clamp<int64_t>(s.tokens * groups * std::max(1, t.split_kv), 1, hw.num_aic));
+  }
+  return t;
+}
+
 std::unique_ptr<Kernel> make_sparse_attention(const YamlNode& w, const std::optional<YamlNode>& tiling, const sim::HardwareSpec& hw) {
   SparseAttentionShape s;
   s.tokens = w.at("tokens").as_positive_int();
@@ -534,19 +549,12 @@ std::unique_ptr<Kernel> make_sparse_attention(const YamlNode& w, const std::opti
   if (!srcs.is_seq() || srcs.size() < 1 || srcs.size() > 2) srcs.fail("expected a list of one or two sources");
   for (size_t i = 0; i < srcs.size(); ++i) s.sources.push_back(parse_source(srcs[i], s.tokens, batch));
   SparseAttentionTiling t = default_sparse_attention_tiling(s, hw);
-  if (tiling) {
-    if (auto x = tiling->get("kv_block")) t.kv_block = x->as_positive_int();
-    if (auto x = tiling->get("head_block")) t.head_block = x->as_positive_int();
-    if (auto x = tiling->get("stages")) t.stages = static_cast<int>(x->as_positive_int());
-    if (auto x = tiling->get("gather")) t.gather = x->as_enum({"aic", "aiv"}) == "aic" ? GatherBy::Aic : GatherBy::Aiv;
-    if (auto x = tiling->get("split_kv")) t.split_kv = static_cast<int>(x->as_positive_int());
-    if (auto x = tiling->get("cores")) t.cores = static_cast<int>(x->as_positive_int());
-    else {  // every AIC that gets an item of this tiling
-      const int64_t groups = t.head_block > 0 && s.heads % t.head_block == 0 ? s.heads / t.head_block : 1;
-      t.cores = static_cast<int>(std::clamp<int64_t>(s.tokens * groups * std::max(1, t.split_kv), 1, hw.num_aic));
-    }
-  }
+  if (tiling) t = parse_sparse_attention_tiling(*tiling, t, s, hw);
   return std::make_unique<SparseAttentionKernel>(std::move(s), t, !tiling.has_value());
+}
+
+std::unique_ptr<Kernel> SparseAttentionKernel::with_tiling(const YamlNode& tiling, const sim::HardwareSpec& hw) const {
+  return std::make_unique<SparseAttentionKernel>(s_, parse_sparse_attention_tiling(tiling, t_, s_, hw), false);
 }
 
 }  // namespace npusim::kernels

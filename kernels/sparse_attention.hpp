@@ -164,6 +164,8 @@ class SparseAttentionKernel : public Kernel {
   double estimated_instructions() const override;
   std::vector<double> make_input(size_t index, const InputSpec& spec) const override;
   nlohmann::json details() const override;
+  SearchSpace search_space(const sim::HardwareSpec& hw) const override;
+  std::unique_ptr<Kernel> with_tiling(const YamlNode& tiling, const sim::HardwareSpec& hw) const override;
 
   const SparseAttentionShape& shape() const { return s_; }
   const SparseAttentionTiling& tiling() const { return t_; }
@@ -181,6 +183,11 @@ class SparseAttentionKernel : public Kernel {
 // kv_block whose buffers fit UB and L1, 3 L1 stages when they fit, gathers on the AIC, split_kv
 // when the (token, head block) items would leave AICs idle, every AIC that gets an item.
 SparseAttentionTiling default_sparse_attention_tiling(const SparseAttentionShape& s, const sim::HardwareSpec& hw);
+
+// A `tiling:` section (kv_block, head_block, stages, gather, split_kv, cores) over `base`; without
+// cores, every AIC that gets an item of the resulting tiling.
+SparseAttentionTiling parse_sparse_attention_tiling(const YamlNode& tiling, SparseAttentionTiling base,
+                                                    const SparseAttentionShape& s, const sim::HardwareSpec& hw);
 
 // Lowering (sparse_attention_lower.cpp).
 sim::Program lower_sparse_attention(const SparseAttentionShape& s, const SparseAttentionTiling& t, const SparsePlan& plan,

@@ -243,6 +243,13 @@ SwigluTiling default_swiglu_tiling(const SwigluShape& s, const sim::HardwareSpec
   return t;
 }
 
+SwigluTiling parse_swiglu_tiling(const YamlNode& tiling, SwigluTiling t) {
+  if (auto r = tiling.get("rows_per_tile")) t.rows_per_tile = r->as_positive_int();
+  if (auto bu = tiling.get("buffers")) t.buffers = static_cast<int>(bu->as_positive_int());
+  if (auto c = tiling.get("cores")) t.cores = static_cast<int>(c->as_positive_int());
+  return t;
+}
+
 std::unique_ptr<Kernel> make_swiglu(const YamlNode& w, const std::optional<YamlNode>& tiling, const sim::HardwareSpec& hw) {
   SwigluShape s;
   s.rows = w.at("rows").as_positive_int();
@@ -257,12 +264,12 @@ std::unique_ptr<Kernel> make_swiglu(const YamlNode& w, const std::optional<YamlN
   if (auto h = w.get("halves")) s.gate_first = h->as_enum({"gate_first", "up_first"}) == "gate_first";
   if (auto rw = w.get("row_weights")) s.row_weights = rw->as_bool();
   SwigluTiling t = default_swiglu_tiling(s, hw);
-  if (tiling) {
-    if (auto r = tiling->get("rows_per_tile")) t.rows_per_tile = r->as_positive_int();
-    if (auto bu = tiling->get("buffers")) t.buffers = static_cast<int>(bu->as_positive_int());
-    if (auto c = tiling->get("cores")) t.cores = static_cast<int>(c->as_positive_int());
-  }
+  if (tiling) t = parse_swiglu_tiling(*tiling, t);
   return std::make_unique<SwigluKernel>(s, t, !tiling.has_value());
+}
+
+std::unique_ptr<Kernel> SwigluKernel::with_tiling(const YamlNode& tiling, const sim::HardwareSpec&) const {
+  return std::make_unique<SwigluKernel>(s_, parse_swiglu_tiling(tiling, t_), false);
 }
 
 }  // namespace npusim::kernels

@@ -46,6 +46,8 @@ class SwigluKernel : public Kernel {
   double compulsory_bytes() const override;
   double peak_flops_per_cycle(const sim::HardwareSpec& hw) const override;
   double estimated_instructions() const override;
+  SearchSpace search_space(const sim::HardwareSpec& hw) const override;
+  std::unique_ptr<Kernel> with_tiling(const YamlNode& tiling, const sim::HardwareSpec& hw) const override;
 
   // UB bytes one buffer set of `rows` rows needs.
   static int64_t ub_bytes_per_set(const SwigluShape& s, int64_t rows);
@@ -69,6 +71,9 @@ SwigluUb swiglu_ub(const SwigluShape& s, uint64_t base, int64_t elems);
 void emit_swiglu_vector(sim::CoreBuilder& b, const SwigluShape& s, const SwigluUb& u, int64_t rows, int64_t cols);
 
 SwigluTiling default_swiglu_tiling(const SwigluShape& s, const sim::HardwareSpec& hw);
+
+// A `tiling:` section (rows_per_tile, buffers, cores) over `base`.
+SwigluTiling parse_swiglu_tiling(const YamlNode& tiling, SwigluTiling base);
 
 std::unique_ptr<Kernel> make_swiglu(const YamlNode& workload, const std::optional<YamlNode>& tiling,
                                     const sim::HardwareSpec& hw);

@@ -415,6 +415,14 @@ TopkTiling default_topk_tiling(const TopkShape& s, const sim::HardwareSpec& hw) 
   return t;
 }
 
+TopkTiling parse_topk_tiling(const YamlNode& tiling, TopkTiling t, const TopkShape& s, const sim::HardwareSpec& hw) {
+  if (auto x = tiling.get("chunk")) t.chunk = x->as_positive_int();
+  if (auto x = tiling.get("splits")) t.splits = static_cast<int>(x->as_positive_int());
+  if (auto x = tiling.get("cores")) t.cores = static_cast<int>(x->as_positive_int());
+  else t.cores = static_cast<int>(std::clamp<int64_t>(s.rows * t.splits, 1, hw.num_aiv));
+  return t;
+}
+
 std::unique_ptr<Kernel> make_topk(const YamlNode& w, const std::optional<YamlNode>& tiling, const sim::HardwareSpec& hw) {
   TopkShape s;
   s.rows = w.at("tokens").as_positive_int();
@@ -428,13 +436,12 @@ std::unique_ptr<Kernel> make_topk(const YamlNode& w, const std::optional<YamlNod
   if (s.k > s.cols) w.at("topk").fail(fmt::format("topk {} exceeds the {} columns of a row", s.k, s.cols));
   if (s.k > kMaxTopk) w.at("topk").fail(fmt::format("topk {} exceeds {} (three MrgSort queues)", s.k, kMaxTopk));
   TopkTiling t = default_topk_tiling(s, hw);
-  if (tiling) {
-    if (auto x = tiling->get("chunk")) t.chunk = x->as_positive_int();
-    if (auto x = tiling->get("splits")) t.splits = static_cast<int>(x->as_positive_int());
-    if (auto x = tiling->get("cores")) t.cores = static_cast<int>(x->as_positive_int());
-    else t.cores = static_cast<int>(std::clamp<int64_t>(s.rows * t.splits, 1, hw.num_aiv));
-  }
+  if (tiling) t = parse_topk_tiling(*tiling, t, s, hw);
   return std::make_unique<TopkKernel>(s, t, !tiling.has_value());
+}
+
+std::unique_ptr<Kernel> TopkKernel::with_tiling(const YamlNode& tiling, const sim::HardwareSpec& hw) const {
+  return std::make_unique<TopkKernel>(s_, parse_topk_tiling(tiling, t_, s_, hw), false);
 }
 
 }  // namespace npusim::kernels

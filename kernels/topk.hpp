@@ -166,6 +166,8 @@ class TopkKernel : public Kernel {
   double peak_flops_per_cycle(const sim::HardwareSpec& hw) const override;
   double estimated_instructions() const override;
   std::vector<double> make_input(size_t index, const InputSpec& spec) const override;
+  SearchSpace search_space(const sim::HardwareSpec& hw) const override;
+  std::unique_ptr<Kernel> with_tiling(const YamlNode& tiling, const sim::HardwareSpec& hw) const override;
 
   // UB bytes of stage 1 (buffers, list areas, outputs) and of stage 2 (the splits' lists).
   static int64_t ub_bytes(const TopkShape& s, const TopkTiling& t);
@@ -177,6 +179,10 @@ class TopkKernel : public Kernel {
 };
 
 TopkTiling default_topk_tiling(const TopkShape& s, const sim::HardwareSpec& hw);
+
+// A `tiling:` section (chunk, splits, cores) over `base`; without cores, every AIV that gets a
+// (row, split) unit.
+TopkTiling parse_topk_tiling(const YamlNode& tiling, TopkTiling base, const TopkShape& s, const sim::HardwareSpec& hw);
 
 std::unique_ptr<Kernel> make_topk(const YamlNode& workload, const std::optional<YamlNode>& tiling,
                                   const sim::HardwareSpec& hw);
