@@ -12,6 +12,8 @@
 #include "app/session.hpp"
 #include "common/errors.hpp"
 #include "reports/writers.hpp"
+#include "tuner/db.hpp"
+#include "tuner/tuner.hpp"
 
 namespace {
 
@@ -45,7 +47,7 @@ int cmd_hw_show(const std::string& name, const std::vector<std::string>& sets) {
 struct RunArgs {
   std::vector<std::string> configs;
   std::vector<std::string> sets;
-  std::string json, trace, out;
+  std::string json, trace, out, tuned;
   bool quiet = false;
   bool functional = false;
 };
@@ -83,12 +85,33 @@ void write_output(const std::string& path, const std::string& text) {
   }
 }
 
+// run --tuned DB: a kernel the database has a validated best tiling for runs with it.
+void use_tuned(const std::string& db_path, std::vector<app::LoadedRun>& runs) {
+  tuner::TuningDb db(db_path);
+  for (auto& run : runs) {
+    if (!run.kernel) {
+      fmt::print(stderr, "{}: --tuned applies to single-kernel configs; model blocks run their plan's default tilings\n", run.config_file);
+      continue;
+    }
+    auto best = db.best(tuner::hardware_fingerprint(run.hw), tuner::kernel_key(*run.kernel));
+    if (!best) {
+      fmt::print(stderr, "{}: no tuned tiling for {} on {} in {}; using the default\n", run.config_file, run.kernel->name(),
+                 run.hw.name, db_path);
+      continue;
+    }
+    run.kernel = tuner::build_candidate(*run.kernel, best->tiling, run.hw);
+    fmt::print(stderr, "{}: tuned tiling from {} ({:.3f}x the default): {}\n", run.config_file, db_path,
+               best->cycles > 0 ? best->default_cycles / best->cycles : 0.0, best->tiling.dump());
+  }
+}
+
 // run (and validate, which is run --functional with the verdict as exit code).
 int cmd_run(const RunArgs& a, const std::string& cmdline) {
   auto t0 = std::chrono::steady_clock::now();
   // Load every config first, so a bad one fails before any simulation runs or any file is written.
   std::vector<app::LoadedRun> runs;
   for (const auto& c : a.configs) runs.push_back(app::load_run(c, a.sets));
+  if (!a.tuned.empty()) use_tuned(a.tuned, runs);
   if (!a.json.empty() && runs.size() > 1)
     throw ConfigError("--json takes one config; use --out DIR to write one report per config");
   std::vector<reports::RunReport> reports_out;
@@ -157,6 +180,8 @@ int main(int argc, char** argv) {
       sub->add_option("--out", run_args.out, "write one JSON report per config (named after it) into this folder");
       sub->add_flag("--quiet", run_args.quiet, "do not print the table");
     }
+    if (functional_flag)
+      sub->add_option("--tuned", run_args.tuned, "use the best tilings stored in this tuning database (npusim tune --db)");
     if (functional_flag)
       sub->add_flag("--functional", run_args.functional,
                     "also execute on real numbers and validate against the CPU reference (report gains `validation`)");

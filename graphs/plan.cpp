@@ -240,6 +240,11 @@ GraphRun Executor::run(const FusionPlan& plan) {
     KernelRun kr;
     kr.group = grp;
     Built b = build(grp);
+    if (opt_.tiling_for)
+      if (auto t = opt_.tiling_for(grp.name, *b.kernel)) {
+        auto doc = YamlDoc::from_string(t->dump(), "tiling of kernel " + grp.name, "tiling");
+        b.kernel = b.kernel->with_tiling(doc->root(), hw_);
+      }
     kernels::Status st = b.kernel->can_implement(hw_);
     const OpNode& first = g_.ops[grp.ops[0]];
     if (!st.ok) throw ConfigError(first.loc, fmt::format("kernel {} ({}) cannot run: {}", grp.name, b.kernel->name(), st.reason));

@@ -13,6 +13,7 @@
 // DAG (the time with every independent branch, such as the shared expert, fully overlapped).
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -59,6 +60,9 @@ struct GraphRunOptions {
   bool functional = false;
   kernels::InputSpec inputs;  // functional runs: the distribution of activations
   sim::SimOptions sim;
+  // A `tiling:` section to apply over a kernel group's default tiling (tuned tilings), asked with
+  // the group's name and its kernel as built; nullopt keeps the default.
+  std::function<std::optional<nlohmann::json>(const std::string& group, const kernels::Kernel& k)> tiling_for;
 };
 
 struct KernelRun {
