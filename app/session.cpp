@@ -4,9 +4,13 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <filesystem>
+#include <map>
+#include <mutex>
 #include <set>
+#include <sstream>
 
 #include <unistd.h>
 
@@ -191,7 +195,75 @@ GraphWorkload load_graph_workload(const YamlNode& w, const std::optional<YamlNod
   return gw;
 }
 
+// One text per meaning, whatever the file's layout: keys sorted, lists of scalars in flow style.
+void emit_canonical(YAML::Emitter& e, const YAML::Node& n) {
+  if (n.IsMap()) {
+    // Sort the keys, not the nodes: assigning a YAML::Node writes through to the document.
+    std::vector<std::string> keys;
+    for (const auto& it : n) keys.push_back(it.first.as<std::string>());
+    std::sort(keys.begin(), keys.end());
+    e << YAML::BeginMap;
+    for (const auto& k : keys) {
+      e << YAML::Key << k << YAML::Value;
+      emit_canonical(e, n[k]);
+    }
+    e << YAML::EndMap;
+  } else if (n.IsSequence()) {
+    const bool flat = std::all_of(n.begin(), n.end(), [](const YAML::Node& x) { return x.IsScalar(); });
+    if (flat) e << YAML::Flow;
+    e << YAML::BeginSeq;
+    for (const auto& x : n) emit_canonical(e, x);
+    e << YAML::EndSeq;
+  } else if (n.IsScalar()) {
+    e << n.Scalar();
+  } else {
+    e << YAML::Null;
+  }
+}
+
+// The config after the overrides, as LoadedRun::resolved_config describes.
+std::string resolved_config_text(const YAML::Node& root, const std::vector<std::string>& sets) {
+  YAML::Node cfg = YAML::Clone(root);
+  for (const auto& arg : sets) {
+    auto [key, value] = parse_set_arg(arg);
+    if (key.rfind("hardware.", 0) != 0) continue;
+    if (!cfg["hardware"].IsMap()) {
+      // Assigning through a yaml-cpp handle rewrites the node it refers to, so copy the name first.
+      const std::string preset = cfg["hardware"].IsScalar() ? cfg["hardware"].Scalar() : "";
+      YAML::Node m(YAML::NodeType::Map);
+      m["preset"] = preset;
+      cfg["hardware"] = m;
+    }
+    std::vector<std::string> parts;
+    std::stringstream ss(key.substr(std::string("hardware.").size()));
+    for (std::string p; std::getline(ss, p, '.');) parts.push_back(p);
+    std::vector<YAML::Node> chain{cfg["hardware"]};  // walk by value (see YamlDoc::set_override)
+    for (size_t i = 0; i + 1 < parts.size(); ++i) {
+      if (!chain.back()[parts[i]].IsMap()) chain.back()[parts[i]] = YAML::Node(YAML::NodeType::Map);
+      chain.push_back(chain.back()[parts[i]]);
+    }
+    chain.back()[parts.back()] = YAML::Load(value);
+  }
+  YAML::Emitter e;
+  emit_canonical(e, cfg);
+  return std::string(e.c_str()) + "\n";
+}
+
+// Hardware resolved under a HardwareCacheScope, by preset and overrides (successes only).
+std::atomic<int> g_hw_cache_users{0};
+std::mutex g_hw_cache_mu;
+std::map<std::string, sim::HardwareSpec> g_hw_cache;
+
 }  // namespace
+
+HardwareCacheScope::HardwareCacheScope() { ++g_hw_cache_users; }
+
+HardwareCacheScope::~HardwareCacheScope() {
+  if (--g_hw_cache_users == 0) {
+    std::lock_guard lock(g_hw_cache_mu);
+    g_hw_cache.clear();
+  }
+}
 
 LoadedRun load_run(const std::string& config_file, const std::vector<std::string>& sets) {
   auto doc = YamlDoc::load(config_file);
@@ -200,16 +272,21 @@ LoadedRun load_run(const std::string& config_file, const std::vector<std::string
     auto [key, value] = parse_set_arg(arg);
     std::string top = key.substr(0, key.find('.'));
     const bool known = std::find(sections.begin(), sections.end(), top) != sections.end();
-    if (!known || (top == key && key != "fusion"))
+    if (!known || (top == key && key != "fusion" && key != "hardware"))
       throw ConfigError(SourceLoc{"--set " + arg, 0, 0, key},
                         fmt::format("{} '{}'{}; expected hardware.<param>, workload.<key>, tiling.<key> or fusion",
                                     known ? "set a key below" : "unknown key path", key,
                                     known ? "" : did_you_mean(top, sections)));
   }
   // Workload and tiling overrides edit the config itself; hardware ones edit the resolved preset.
+  // `hardware=NAME` replaces the preset (keeping the config's own hardware overrides, if any).
   for (const auto& arg : sets) {
     auto [key, value] = parse_set_arg(arg);
-    if (key.rfind("hardware.", 0) != 0) doc->set_override(key, value, "--set " + arg);
+    const YAML::Node& hw_node = doc->root().raw();
+    if (key == "hardware" && hw_node.IsMap() && hw_node["hardware"] && hw_node["hardware"].IsMap())
+      doc->set_override("hardware.preset", value, "--set " + arg);
+    else if (key.rfind("hardware.", 0) != 0)
+      doc->set_override(key, value, "--set " + arg);
   }
   YamlNode root = doc->root();
   if (!root.is_map()) root.fail("expected a map with keys hardware, workload and (optionally) tiling");
@@ -217,21 +294,44 @@ LoadedRun load_run(const std::string& config_file, const std::vector<std::string
   LoadedRun run;
   run.config_file = config_file;
   YamlNode hwnode = root.at("hardware");
-  std::shared_ptr<YamlDoc> hwdoc;
-  if (hwnode.is_map()) {
-    // hardware: {preset: NAME, <param overrides>...}
-    YamlNode preset = hwnode.at("preset");
-    hwdoc = YamlDoc::load_layered(preset_file(preset.as_string(), preset.loc()), "hardware");
-    YAML::Node overrides(YAML::NodeType::Map);
-    for (const auto& kv : hwnode.raw())
-      if (kv.first.as<std::string>() != "preset") overrides[kv.first.as<std::string>()] = kv.second;
-    hwdoc->overlay(overrides, config_file);
-    hwnode.consume_all();  // checked against the parameter table by parse_hardware instead
-  } else {
-    hwdoc = YamlDoc::load_layered(preset_file(hwnode.as_string(), hwnode.loc()), "hardware");
+  // Under a HardwareCacheScope the same preset and overrides resolve once.
+  std::string cache_key;
+  bool cached = false;
+  if (g_hw_cache_users.load() > 0) {
+    YAML::Emitter e;
+    emit_canonical(e, hwnode.raw());
+    cache_key = config_dir() + "\n" + e.c_str();
+    for (const auto& arg : sets)
+      if (arg.rfind("hardware.", 0) == 0) cache_key += "\n" + arg;
+    std::lock_guard lock(g_hw_cache_mu);
+    if (auto it = g_hw_cache.find(cache_key); it != g_hw_cache.end()) {
+      run.hw = it->second;
+      hwnode.consume_all();
+      cached = true;
+    }
   }
-  apply_sets(sets, "hardware", hwdoc);
-  run.hw = sim::parse_hardware(hwdoc);
+  if (!cached) {
+    std::shared_ptr<YamlDoc> hwdoc;
+    if (hwnode.is_map()) {
+      // hardware: {preset: NAME, <param overrides>...}
+      YamlNode preset = hwnode.at("preset");
+      hwdoc = YamlDoc::load_layered(preset_file(preset.as_string(), preset.loc()), "hardware");
+      YAML::Node overrides(YAML::NodeType::Map);
+      for (const auto& kv : hwnode.raw())
+        if (kv.first.as<std::string>() != "preset") overrides[kv.first.as<std::string>()] = kv.second;
+      hwdoc->overlay(overrides, config_file);
+      hwnode.consume_all();  // checked against the parameter table by parse_hardware instead
+    } else {
+      hwdoc = YamlDoc::load_layered(preset_file(hwnode.as_string(), hwnode.loc()), "hardware");
+    }
+    apply_sets(sets, "hardware", hwdoc);
+    run.hw = sim::parse_hardware(hwdoc);
+    if (!cache_key.empty()) {
+      std::lock_guard lock(g_hw_cache_mu);
+      g_hw_cache.emplace(cache_key, run.hw);
+    }
+  }
+  run.resolved_config = resolved_config_text(root.raw(), sets);  // the values parsed cleanly above
 
   YamlNode workload = root.at("workload");
   auto tiling = root.get("tiling");

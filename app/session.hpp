@@ -52,9 +52,26 @@ struct LoadedRun {
   std::unique_ptr<kernels::Kernel> kernel;  // null for a graph workload
   std::optional<GraphWorkload> graph;
   kernels::InputSpec inputs;  // for functional runs (`inputs:` section)
+  // The config as run, runnable with `npusim run`: the document after the --set overrides, keys
+  // sorted, comments dropped, hardware.* overrides folded into `hardware: {preset: NAME, ...}`.
+  // Sweeps hash it (with the resolved hardware) into a point's id.
+  std::string resolved_config;
+};
+
+// While one lives (on any thread), load_run resolves each distinct hardware (preset, the config's
+// hardware overrides, hardware.* sets) once and reuses it, instead of reading and checking the
+// preset files again: a sweep loads thousands of points on a few presets. Failures are not kept.
+class HardwareCacheScope {
+ public:
+  HardwareCacheScope();
+  ~HardwareCacheScope();
+  HardwareCacheScope(const HardwareCacheScope&) = delete;
+  HardwareCacheScope& operator=(const HardwareCacheScope&) = delete;
 };
 
 // Parses and validates a run config; a tiling that cannot run is a ConfigError at its key.
+// `sets` are "key.path=value": hardware=NAME (replaces the preset), hardware.<param>,
+// workload.<key>, tiling.<key>, inputs.<key>, fusion.
 LoadedRun load_run(const std::string& config_file, const std::vector<std::string>& sets = {});
 
 struct RunOutput {
