@@ -86,14 +86,19 @@ void write_output(const std::string& path, const std::string& text) {
 }
 
 // run --tuned DB: a kernel the database has a validated best tiling for runs with it.
+// A model block looks each kernel of its plan up as it is built (shapes follow the routing).
 void use_tuned(const std::string& db_path, std::vector<app::LoadedRun>& runs) {
-  tuner::TuningDb db(db_path);
+  auto db = std::make_shared<tuner::TuningDb>(db_path);
   for (auto& run : runs) {
     if (!run.kernel) {
-      fmt::print(stderr, "{}: --tuned applies to single-kernel configs; model blocks run their plan's default tilings\n", run.config_file);
+      const std::string fp = tuner::hardware_fingerprint(run.hw);
+      run.graph->tiling_for = [db, fp](const std::string&, const kernels::Kernel& k) -> std::optional<nlohmann::json> {
+        auto best = db->best(fp, tuner::kernel_key(k));
+        return best ? std::optional<nlohmann::json>(best->tiling) : std::nullopt;
+      };
       continue;
     }
-    auto best = db.best(tuner::hardware_fingerprint(run.hw), tuner::kernel_key(*run.kernel));
+    auto best = db->best(tuner::hardware_fingerprint(run.hw), tuner::kernel_key(*run.kernel));
     if (!best) {
       fmt::print(stderr, "{}: no tuned tiling for {} on {} in {}; using the default\n", run.config_file, run.kernel->name(),
                  run.hw.name, db_path);

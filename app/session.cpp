@@ -442,6 +442,7 @@ GraphOutput execute_graph(const LoadedRun& run, bool functional, const sim::SimO
   go.functional = functional;
   go.inputs = run.inputs;
   go.sim = opt;
+  go.tiling_for = gw.tiling_for;
   GraphOutput out;
   out.run = graphs::run_graph(gw.graph, gw.plan, run.hw, go);
   auto& s = out.graph;

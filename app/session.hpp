@@ -3,6 +3,7 @@
 // Tests, benchmarks and (later) the tuner call these directly.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -44,6 +45,8 @@ struct GraphWorkload {
   std::string block, phase, layer;
   int64_t tokens = 0;              // query rows (MoE: tokens; attention: batch in decode, tokens in prefill)
   int64_t batch = 0, context = 0;  // attention blocks
+  // Tilings over the plan's defaults, per kernel group (run --tuned); empty: the defaults.
+  std::function<std::optional<nlohmann::json>(const std::string& group, const kernels::Kernel& k)> tiling_for;
 };
 
 struct LoadedRun {
