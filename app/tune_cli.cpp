@@ -51,22 +51,24 @@ class Progress {
   void operator()(const tuner::Progress& p, double default_cycles) {
     if (quiet_) return;
     const auto now = std::chrono::steady_clock::now();
-    const std::string line = fmt::format("[{}/{}] {:.0f} eval/s  ETA {:.0f} s  best {:.0f} cycles ({:.2f}x default)", p.evaluated,
-                                         p.budget, p.rate, p.eta_s, p.best_cycles,
-                                         p.best_cycles > 0 ? default_cycles / p.best_cycles : 0.0);
+    std::string line = fmt::format("[{}/{}] {:.0f} eval/s  ETA {:.0f} s  best {:.0f} cycles", p.evaluated, p.budget, p.rate,
+                                   p.eta_s, p.best_cycles);
+    if (default_cycles > 0 && p.best_cycles > 0) line += fmt::format(" ({:.2f}x default)", default_cycles / p.best_cycles);
     if (tty_) {
       fmt::print(stderr, "\r{:<90}", line);
+      drawn_ = true;
     } else if (now - last_ >= std::chrono::seconds(10) || p.evaluated >= p.budget) {
       fmt::print(stderr, "tune: {}\n", line);
       last_ = now;
     }
   }
   void end() {
-    if (tty_ && !quiet_) fmt::print(stderr, "\n");
+    if (drawn_) fmt::print(stderr, "\n");
+    drawn_ = false;
   }
 
  private:
-  bool quiet_, tty_;
+  bool quiet_, tty_, drawn_ = false;
   std::chrono::steady_clock::time_point last_{};
 };
 
@@ -134,10 +136,12 @@ class TuneCommand : public Command {
       graphs::GraphRunOptions go;
       go.routing = gw.routing, go.indices = gw.indices, go.inputs = run.inputs;
       tuner::GraphTuneOptions gopt;
+      opt.progress = [&](const tuner::Progress& p) { progress(p, 0); };
       gopt.kernel = opt;
       gopt.search_fusion = fusion_ == "search";
       gopt.validator_for = [&](const kernels::Kernel&) { return make_validator(run); };
       gopt.log = [&](const std::string& s) {
+        progress.end();
         if (!quiet_) fmt::print(stderr, "tune: {}\n", s);
       };
       tuner::GraphTuneResult r = tuner::tune_graph(gw.graph, gw.plan, run.hw, go, gopt);
@@ -146,6 +150,7 @@ class TuneCommand : public Command {
       fmt::print("{} on {}: fusion {} default {:.2f} us; best: fusion {} tuned {:.2f} us ({:.3f}x); {} kernels tuned, {} evaluations\n",
                  gw.graph.name, run.hw.name, r.plans[0].label, r.plans[0].default_us, b.label, b.tuned_us,
                  b.tuned_us > 0 ? r.plans[0].default_us / b.tuned_us : 0.0, r.kernels_tuned, r.evaluations);
+      if (g_stop.load()) rc = 130;
     } else {
       opt.validate = make_validator(run);
       double default_cycles = 0;
