@@ -43,6 +43,20 @@ nlohmann::json GroupedGemmKernel::tiling_json() const {
   return g.tiling_json();
 }
 
+std::unique_ptr<Kernel> GroupedGemmKernel::reduced_for_validation() const {
+  if (rows_.size() <= 3) return nullptr;
+  size_t fullest = 0, emptiest = rows_.size(), empty = rows_.size();
+  for (size_t g = 0; g < rows_.size(); ++g) {
+    if (rows_[g] > rows_[fullest]) fullest = g;
+    if (rows_[g] > 0 && (emptiest == rows_.size() || rows_[g] < rows_[emptiest])) emptiest = g;
+    if (rows_[g] == 0 && empty == rows_.size()) empty = g;
+  }
+  std::vector<int64_t> rows;
+  for (size_t g = 0; g < rows_.size(); ++g)
+    if (g == fullest || g == emptiest || g == empty) rows.push_back(rows_[g]);
+  return std::make_unique<GroupedGemmKernel>(s_, std::move(rows), t_, default_);
+}
+
 nlohmann::json GroupedGemmKernel::details() const {
   return {{"routing", {{"tokens_per_expert", rows_}, {"imbalance", imbalance(rows_)}}}};
 }

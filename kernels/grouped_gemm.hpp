@@ -34,6 +34,7 @@ class GroupedGemmKernel : public Kernel {
   // The GEMM space over the groups' rows (gemm_search_space); the tiling is parsed as a GEMM's.
   SearchSpace search_space(const sim::HardwareSpec& hw) const override;
   std::unique_ptr<Kernel> with_tiling(const YamlNode& tiling, const sim::HardwareSpec& hw) const override;
+  std::unique_ptr<Kernel> reduced_for_validation() const override;
   int64_t total_rows() const;
   const std::vector<int64_t>& group_rows() const { return rows_; }
 

@@ -98,6 +98,10 @@ class Kernel {
     (void)hw;
     tiling.fail(op() + " has no tiling to set");
   }
+  // A smaller problem with this tiling that takes the same code paths (a few of many experts: the
+  // fullest, the emptiest non-empty, an empty one), to validate a tiling whose full functional run
+  // does not fit in memory; null when the template has no such reduction.
+  virtual std::unique_ptr<Kernel> reduced_for_validation() const { return nullptr; }
   // Identifies the problem a tiling is tuned for (op, shape, dtypes, layouts, routing), for the
   // tuning database; two kernels with equal signatures accept the same tilings.
   virtual nlohmann::json signature() const { return {{"op", op()}, {"name", name()}, {"details", details()}}; }

@@ -206,6 +206,7 @@ nlohmann::json to_json(const TuneResult& r, const sim::HardwareSpec& hw) {
                  {"source", r.best->point == SIZE_MAX ? "the configured tiling" : "search"}};
   else
     j["best"] = nullptr;
+  j["validation"] = r.best_validation;  // the winner's functional check (validated_on: a reduced problem)
   j["stored"] = r.not_stored.empty();
   if (!r.not_stored.empty()) j["not_stored"] = r.not_stored;
   j["default"] = {{"cycles", r.default_cycles}, {"time_us", hw.cycles_to_us(r.default_cycles)}};

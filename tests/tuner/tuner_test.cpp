@@ -282,3 +282,37 @@ TEST(TuneCommand, SurvivesSigkillAndResumesFromTheDatabase) {
 
 }  // namespace
 }  // namespace npusim
+
+namespace npusim {
+namespace {
+
+// A grouped GEMM too big to run functionally is validated on a few of its experts with the same
+// tiling: the fullest, the emptiest non-empty and an empty one.
+TEST(TuneCommand, ValidatesATooBigGroupedGemmOnAReducedProblem) {
+  const std::string cfg = test::write_temp_config(
+      "tune_gg", "hardware: ascend910b2\nworkload: {op: grouped_gemm, n: 1024, k: 1024, dtype: bf16,\n"
+                 "  routing: {experts: 16, tokens: 24, topk: 2, distribution: zipf, s: 1.2, seed: 7}}\n");
+  app::LoadedRun run = app::load_run(cfg);
+  auto reduced = run.kernel->reduced_for_validation();
+  ASSERT_TRUE(reduced);
+  const auto rows = nlohmann::json(reduced->details())["routing"]["tokens_per_expert"].get<std::vector<int64_t>>();
+  ASSERT_LE(rows.size(), 3u);
+  const auto all = nlohmann::json(run.kernel->details())["routing"]["tokens_per_expert"].get<std::vector<int64_t>>();
+  EXPECT_EQ(*std::max_element(rows.begin(), rows.end()), *std::max_element(all.begin(), all.end()));
+
+  const fs::path dir = scratch("reduced");
+  const std::string best = (dir / "best.json").string();
+  std::string err;
+  ASSERT_EQ(npusim(fmt::format("tune {} --budget 8 --strategy random --quiet --json {}", cfg, best), &err), 0) << err;
+  // The same with a memory limit the full problem does not fit in.
+  const std::string limited = fmt::format("NPUSIM_MAX_FUNCTIONAL_BYTES={} ", 300e6);
+  ASSERT_EQ(std::system(fmt::format("cd {} && {}{} tune {} --budget 8 --strategy random --quiet --json {} >/dev/null 2>&1",
+                                    NPUSIM_SOURCE_DIR, limited, NPUSIM_BIN, cfg, best).c_str()), 0);
+  auto j = nlohmann::json::parse(slurp(best));
+  EXPECT_TRUE(j["stored"].get<bool>() || !j.contains("not_stored"));
+  EXPECT_TRUE(j["validation"]["passed"].get<bool>());
+  EXPECT_NE(j["validation"]["validated_on"].get<std::string>().find("grouped_gemm_3x"), std::string::npos) << j["validation"].dump();
+}
+
+}  // namespace
+}  // namespace npusim
