@@ -316,3 +316,38 @@ TEST(TuneCommand, ValidatesATooBigGroupedGemmOnAReducedProblem) {
 
 }  // namespace
 }  // namespace npusim
+
+namespace npusim {
+namespace {
+
+// Ctrl-C: the batch in flight finishes and is stored, the best so far is written (not stored as
+// best), and the exit code is 130.
+TEST(TuneCommand, InterruptStoresTheBatchInFlightAndReportsTheBestSoFar) {
+  const std::string cfg = gemm_config(512, 512, 1024);
+  const fs::path dir = scratch("sigint");
+  const std::string db = (dir / "i.sqlite").string(), best = (dir / "best.json").string();
+  pid_t pid = fork();
+  if (pid == 0) {
+    if (chdir(NPUSIM_SOURCE_DIR) != 0) _exit(126);
+    if (!freopen("/dev/null", "w", stdout) || !freopen("/dev/null", "w", stderr)) _exit(126);
+    execl(NPUSIM_BIN, NPUSIM_BIN, "tune", cfg.c_str(), "--strategy", "random", "--budget", "100000", "--quiet", "--db",
+          db.c_str(), "--json", best.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (std::chrono::steady_clock::now() < deadline && stored_evaluations(db) < 16)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  kill(pid, SIGINT);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 130);
+  auto j = nlohmann::json::parse(slurp(best));
+  EXPECT_TRUE(j["interrupted"].get<bool>());
+  EXPECT_FALSE(j["stored"].get<bool>());
+  EXPECT_FALSE(j["best"].is_null());
+  EXPECT_EQ(stored_evaluations(db), j["evaluations"]["total"].get<int64_t>());
+}
+
+}  // namespace
+}  // namespace npusim
