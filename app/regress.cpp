@@ -165,32 +165,6 @@ CaseResult run_case(const RegressCase& c, const LoadedRun& run) {
   return r;
 }
 
-std::string xml_escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      case '\'':
-        out += "&apos;";
-        break;
-      default:
-        // XML 1.0 allows no control characters but tab and newline.
-        if (static_cast<unsigned char>(c) >= 0x20 || c == '\n' || c == '\t') out += c;
-    }
-  }
-  return out;
-}
 
 }  // namespace
 
@@ -261,17 +235,17 @@ std::string junit_xml(const RegressSuite& suite, const std::vector<CaseResult>& 
                                        results.size(), failures, errors, seconds);
   std::string x = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
   x += fmt::format("<testsuites name=\"npusim regress\" {}>\n", head);
-  x += fmt::format("  <testsuite name=\"{}\" {}>\n", xml_escape(suite.name), head);
+  x += fmt::format("  <testsuite name=\"{}\" {}>\n", escape_markup(suite.name), head);
   for (const auto& r : results) {
     x += fmt::format("    <testcase classname=\"npusim.regress.{}\" name=\"{}\" time=\"{:.3f}\"",
-                     xml_escape(suite.name), xml_escape(r.name), r.seconds);
+                     escape_markup(suite.name), escape_markup(r.name), r.seconds);
     if (r.passed) {
       x += "/>\n";
       continue;
     }
     const char* tag = r.ran ? "failure" : "error";
     x += fmt::format(">\n      <{} type=\"{}\" message=\"{}\">{}</{}>\n    </testcase>\n", tag,
-                     xml_escape(r.failure_type), xml_escape(r.failure), xml_escape(r.failure), tag);
+                     escape_markup(r.failure_type), escape_markup(r.failure), escape_markup(r.failure), tag);
   }
   x += "  </testsuite>\n</testsuites>\n";
   return x;

@@ -45,6 +45,37 @@ void require_whole_l0_blocks(SearchSpace& sp) {
              [=](const int64_t* p) { return p[n0] == p[n1]; });
 }
 
+
+// The AIV side of a fused cube -> vector kernel, after the GEMM parameters: sub-tile rows, buffer
+// sets and slots, held to the UB bytes `ub_bytes(tiling)` reports.
+template <class Tiling, class UbBytes>
+void add_vector_side(SearchSpace& sp, const Tiling& base, const std::vector<int64_t>& group_rows,
+                     const sim::HardwareSpec& hw, UbBytes ub_bytes) {
+  const int kM1 = sp.index_of("m1"), kN1 = sp.index_of("n1");
+  const std::vector<int64_t> rows = sub_tile_rows(base.rows_per_tile);
+  const int kRows = sp.add("rows_per_tile", rows);
+  const int kBuffers = sp.add("buffers", buffer_counts(base.buffers));
+  const int kSlots = sp.add("slots", slot_counts(hw, base.slots));
+  const int A = std::max(1, hw.aiv_per_aic);
+  const int64_t most = most_rows(group_rows);
+  // Sub-tiles at least an AIV's share of an item all run it in one go.
+  sp.require("rows_per_tile beyond an AIV's rows", {kM1, kRows}, [=](const int64_t* p) {
+    return space::within_reach(rows, p[kRows], ceil_div(std::min(p[kM1], most), A));
+  });
+  const int64_t ub = hw.aiv.ub_bytes;
+  sp.require("UB capacity", {kM1, kN1, kRows, kBuffers, kSlots}, [=](const int64_t* p) {
+    Tiling t = base;
+    t.gemm.m1 = p[kM1], t.gemm.n1 = p[kN1], t.rows_per_tile = p[kRows];
+    t.buffers = static_cast<int>(p[kBuffers]), t.slots = static_cast<int>(p[kSlots]);
+    return ub_bytes(t) <= ub;
+  });
+  sp.tiling = [=](const int64_t* p) {
+    nlohmann::json j = gemm_space_tiling(p);
+    j["rows_per_tile"] = p[kRows], j["buffers"] = p[kBuffers], j["slots"] = p[kSlots];
+    return j;
+  };
+}
+
 }  // namespace
 
 SearchSpace GroupedGemmKernel::search_space(const sim::HardwareSpec& hw) const {
@@ -58,64 +89,19 @@ SearchSpace GroupedGemmSwigluKernel::search_space(const sim::HardwareSpec& hw) c
   g.n = s_.act.inter;
   SearchSpace sp = gemm_search_space(g, s_.rows, hw);
   sp.estimate = gemm_search_space(s_.gemm, s_.rows, hw).estimate;
-  const int kM1 = sp.index_of("m1"), kN1 = sp.index_of("n1");
   require_whole_l0_blocks(sp);
-  const std::vector<int64_t> rows = sub_tile_rows(t_.rows_per_tile);
-  const int kRows = sp.add("rows_per_tile", rows);
-  const int kBuffers = sp.add("buffers", buffer_counts(t_.buffers));
-  const int kSlots = sp.add("slots", slot_counts(hw, t_.slots));
-  const int A = std::max(1, hw.aiv_per_aic);
-  const int64_t most = most_rows(s_.rows);
-  // Sub-tiles at least an AIV's share of an item all run it in one go.
-  sp.require("rows_per_tile beyond an AIV's rows", {kM1, kRows}, [=](const int64_t* p) {
-    return space::within_reach(rows, p[kRows], ceil_div(std::min(p[kM1], most), A));
-  });
-  const GroupedGemmSwigluShape s = s_;
-  const GroupedGemmSwigluTiling base = t_;
-  const int64_t ub = hw.aiv.ub_bytes;
-  sp.require("UB capacity", {kM1, kN1, kRows, kBuffers, kSlots}, [=](const int64_t* p) {
-    GroupedGemmSwigluTiling t = base;
-    t.gemm.m1 = p[kM1], t.gemm.n1 = p[kN1], t.rows_per_tile = p[kRows];
-    t.buffers = static_cast<int>(p[kBuffers]), t.slots = static_cast<int>(p[kSlots]);
-    return grouped_gemm_swiglu_ub_bytes(s, t, hw) <= ub;
-  });
-  sp.tiling = [=](const int64_t* p) {
-    nlohmann::json j = gemm_space_tiling(p);
-    j["rows_per_tile"] = p[kRows], j["buffers"] = p[kBuffers], j["slots"] = p[kSlots];
-    return j;
-  };
+  add_vector_side(sp, t_, s_.rows, hw,
+                  [s = s_, hw](const GroupedGemmSwigluTiling& t) { return grouped_gemm_swiglu_ub_bytes(s, t, hw); });
   return sp;
 }
 
 SearchSpace GroupedGemmFinalizeKernel::search_space(const sim::HardwareSpec& hw) const {
   SearchSpace sp = gemm_search_space(s_.gemm, rows_, hw);
-  const int kM1 = sp.index_of("m1"), kN1 = sp.index_of("n1");
   // (cols_per_tile, the accumulator chunk of the init and cast phases, stays the kernel's: those
   // phases stream tokens x hidden once and do not trade against the GEMM.)
   require_whole_l0_blocks(sp);
-  const std::vector<int64_t> rows = sub_tile_rows(t_.rows_per_tile);
-  const int kRows = sp.add("rows_per_tile", rows);
-  const int kBuffers = sp.add("buffers", buffer_counts(t_.buffers));
-  const int kSlots = sp.add("slots", slot_counts(hw, t_.slots));
-  const int A = std::max(1, hw.aiv_per_aic);
-  const int64_t most = most_rows(rows_);
-  sp.require("rows_per_tile beyond an AIV's rows", {kM1, kRows}, [=](const int64_t* p) {
-    return space::within_reach(rows, p[kRows], ceil_div(std::min(p[kM1], most), A));
-  });
-  const GroupedGemmFinalizeShape s = s_;
-  const GroupedGemmFinalizeTiling base = t_;
-  const int64_t ub = hw.aiv.ub_bytes;
-  sp.require("UB capacity", {kM1, kN1, kRows, kBuffers, kSlots}, [=](const int64_t* p) {
-    GroupedGemmFinalizeTiling t = base;
-    t.gemm.m1 = p[kM1], t.gemm.n1 = p[kN1], t.rows_per_tile = p[kRows];
-    t.buffers = static_cast<int>(p[kBuffers]), t.slots = static_cast<int>(p[kSlots]);
-    return grouped_gemm_finalize_ub_bytes(s, t, hw) <= ub;
-  });
-  sp.tiling = [=](const int64_t* p) {
-    nlohmann::json j = gemm_space_tiling(p);
-    j["rows_per_tile"] = p[kRows], j["buffers"] = p[kBuffers], j["slots"] = p[kSlots];
-    return j;
-  };
+  add_vector_side(sp, t_, rows_, hw,
+                  [s = s_, hw](const GroupedGemmFinalizeTiling& t) { return grouped_gemm_finalize_ub_bytes(s, t, hw); });
   return sp;
 }
 

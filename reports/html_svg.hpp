@@ -14,35 +14,12 @@
 #include <string_view>
 #include <vector>
 
+#include "common/text.hpp"
+
 namespace npusim::reports::html_detail {
 
 // Text and attribute values alike: kernel names may hold <, >, & and quotes.
-inline std::string escape(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (char c : s) {
-    switch (c) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      case '\'':
-        out += "&#39;";
-        break;
-      default:
-        out += c;
-    }
-  }
-  return out;
-}
+inline std::string escape(std::string_view s) { return escape_markup(s); }
 
 // At most `max_chars` bytes, cut with an ellipsis (never inside a UTF-8 sequence); escaped.
 inline std::string short_text(std::string_view s, size_t max_chars) {
