@@ -119,15 +119,7 @@ class TuneCommand : public Command {
     if (config_.empty()) throw ConfigError("tune needs a config (or --list-strategies, or --db with --export)");
     std::vector<tuner::Pin> pins;
     for (const auto& p : pins_) pins.push_back(tuner::parse_pin(p));
-    // Validate the strategy name before any simulation.
-    {
-      std::vector<std::string> names;
-      for (const auto& s : tuner::strategy_registry()) names.push_back(s.name);
-      if (std::find(names.begin(), names.end(), strategy_) == names.end()) {
-        tuner::ValidPoints none(kernels::SearchSpace{});
-        tuner::make_strategy(strategy_, {&none, 1, 1, [](size_t) { return false; }});
-      }
-    }
+    tuner::require_known_strategy(strategy_);  // before any simulation
     LoadedRun run = load_run(config_, sets_);
     tuner::TuneOptions opt;
     opt.strategy = strategy_, opt.budget = static_cast<size_t>(budget_), opt.seed = seed_, opt.pins = pins;

@@ -329,19 +329,23 @@ const std::vector<StrategyEntry>& strategy_registry() {
   return r;
 }
 
-std::unique_ptr<Strategy> make_strategy(const std::string& name, const StrategyContext& ctx, std::string* resolved) {
-  std::string pick = name;
-  if (pick == "auto") pick = ctx.points->size() <= ctx.budget ? "exhaustive" : "model";
+void require_known_strategy(const std::string& name) {
   std::vector<std::string> names;
   for (const auto& e : strategy_registry()) {
+    if (e.name == name) return;
     names.push_back(e.name);
-    if (e.name == pick && e.make) {
-      if (resolved) *resolved = pick;
-      return e.make(ctx);
-    }
   }
   throw ConfigError(SourceLoc{"--strategy", 0, 0, "strategy"},
                     fmt::format("unknown strategy '{}'{}; known: {}", name, did_you_mean(name, names), join(names)));
+}
+
+std::unique_ptr<Strategy> make_strategy(const std::string& name, const StrategyContext& ctx, std::string* resolved) {
+  require_known_strategy(name);
+  const std::string pick = name != "auto" ? name : ctx.points->size() <= ctx.budget ? "exhaustive" : "model";
+  if (resolved) *resolved = pick;
+  for (const auto& e : strategy_registry())
+    if (e.name == pick) return e.make(ctx);
+  throw InternalError("strategy '" + pick + "' has no implementation");
 }
 
 }  // namespace npusim::tuner

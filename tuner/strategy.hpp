@@ -37,6 +37,9 @@ struct StrategyEntry {
 };
 const std::vector<StrategyEntry>& strategy_registry();
 
+// A ConfigError naming the known strategies (and the nearest) unless `name` is one.
+void require_known_strategy(const std::string& name);
+
 // Builds the named strategy; an unknown name is a ConfigError listing the known ones. `auto`
 // resolves to a concrete strategy, whose name is returned in `resolved`.
 std::unique_ptr<Strategy> make_strategy(const std::string& name, const StrategyContext& ctx, std::string* resolved = nullptr);
