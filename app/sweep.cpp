@@ -188,7 +188,7 @@ SweepSpec load_sweep(const std::string& file) {
   auto check_base = [&](const YamlNode& b) {
     std::string path = b.as_string();
     fs::path resolved = fs::path(path).is_relative() ? dir / path : fs::path(path);
-    if (!fs::is_regular_file(resolved))
+    if (std::error_code ec; !fs::is_regular_file(resolved, ec))
       b.fail(fmt::format("base config '{}' not found (looked for {})", path, resolved.string()));
     return path;
   };
@@ -336,7 +336,7 @@ SweepManifest manifest_of(const SweepPlan& plan) {
 }
 
 SweepManifest read_manifest(const std::string& file) {
-  if (!fs::exists(file))
+  if (std::error_code ec; !fs::exists(file, ec))
     throw ConfigError(SourceLoc{file, 0, 0, ""},
                       "not found: not the output folder of `npusim sweep`");
   auto doc = YamlDoc::load(file);

@@ -18,8 +18,12 @@
 // - A point's id hashes its resolved config (the hardware as its resolved parameters), never
 //   its index: the same config is the same point, in any sweep (`1.6TB/s` and 1600 alike).
 // - OUT/points/<id>/ (config.yaml, report.json, log.txt) is built as
-// OUT/points/.tmp-<id>-<host>-<pid>/
-//   and renamed, so readers see whole points only; --resume skips points with a report.json.
+//   OUT/points/.tmp-<id>-<host>-<pid>/ (its files flushed to disk) and renamed, so readers see
+//   whole points only and a process killed at any moment loses only the points in flight;
+//   --resume skips points with a report.json and removes the temporaries of dead processes.
+// - Every other file (sweep.yaml, the reports) is written to a temporary name and renamed
+//   (reports::write_file_atomic): a full disk or an unwritable folder is a ConfigError naming the
+//   file, and the previous file, if any, stays whole.
 // - The report is assembled from the point folders in point order, so a resumed, sharded, parallel
 //   or MPI sweep gives the same bytes as a single-process one (wall-clock fields aside).
 #pragma once
@@ -137,6 +141,9 @@ struct PointOutcome {
   int exit_code = 0;  // of a failed point: kExitSim, kExitInternal, ...
   std::string error;
   double seconds = 0;
+  // Its folder could not be written (disk full, folder gone): every later point would fail the
+  // same way, so the sweep starts no new point and writes no report (exit 2).
+  bool unwritten = false;
 };
 // Runs one point and writes its folder atomically. Never throws: failures are in the outcome
 // (and in the point's log.txt).
@@ -174,13 +181,17 @@ class InterruptGuard {
 };
 
 // Runs `todo` on `jobs` threads, in order of index (each point's LoadedRun is released once it
-// ran); returns one outcome per entry of `todo`.
+// ran); returns one outcome per entry of `todo`. Stops starting points after an unwritten one.
 std::vector<PointOutcome> run_points(SweepPlan& plan, const std::vector<size_t>& todo, int jobs,
                                      const std::string& out, Progress& progress);
 
-// The exit code of a finished sweep and its closing lines on stderr (interrupt, failures).
+// The exit code of a finished sweep and its closing lines on stderr (interrupt, failures, a point
+// folder that could not be written).
 int finish_sweep(const SweepPlan& plan, const SweepOptions& opt, const std::vector<size_t>& todo,
                  const std::vector<PointOutcome>& outcomes, bool interrupted);
+// Whether the sweep stopped early (interrupted, or a point folder could not be written): then no
+// report is written, and finish_sweep told how to resume.
+bool stopped_early(const std::vector<PointOutcome>& outcomes, bool interrupted);
 
 // ---------------------------------------------------------------------------------------------
 // Reports

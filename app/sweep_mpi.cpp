@@ -3,12 +3,15 @@
 // Protocol. Every rank expands and validates the sweep itself (deterministic, so all agree on the
 // points and their ids; an error on any rank stops all, via MPI_Allreduce). Rank 0 prepares OUT
 // and then only coordinates: a worker sends a request (tag kTagRequest: the point it just finished,
-// its exit code, seconds, error length, and whether it is leaving), followed by the error text
-// (kTagError) when there is one; rank 0 answers with the next point index to run (kTagWork), or
-// -1 to stop. Workers write their point folders themselves (OUT is on a shared file system), so a
-// point is published by the same atomic rename as in a single-process sweep; rank 0 then reads
-// every point folder in point order and writes the merged report. The result is byte-identical to
-// a single-process sweep (wall-clock fields aside). With one rank, the sweep runs locally.
+// its exit code, seconds, error length, whether it is leaving, and whether the point's folder could
+// not be written), followed by the error text (kTagError) when there is one; rank 0 answers with
+// the next point index to run (kTagWork), or -1 to stop (interrupted, or a folder that could not be
+// written: a full disk stops every rank). Workers write their point folders themselves (OUT is on a
+// shared file system), so a point is published by the same atomic rename as in a single-process
+// sweep; rank 0 then reads every point folder in point order and writes the merged report. The
+// result is byte-identical to a single-process sweep (the points' wall_clock.seconds aside;
+// report.csv, report.h5 and report.html whole): tests/workflow/mpi_sweep.sh. With one rank, the
+// sweep runs locally.
 #include <fmt/format.h>
 
 #include <chrono>
@@ -85,9 +88,11 @@ struct Request {
   int64_t exit_code = 0;
   int64_t micros = 0;
   int64_t error_len = 0;
-  int64_t leaving = 0;  // interrupted: this worker takes no more points
+  int64_t leaving = 0;    // interrupted: this worker takes no more points
+  int64_t unwritten = 0;  // the point's folder could not be written: no more points for anyone
 };
-static_assert(sizeof(Request) == 5 * sizeof(int64_t));
+constexpr int kRequestFields = 6;
+static_assert(sizeof(Request) == kRequestFields * sizeof(int64_t));
 
 void coordinate(const SweepPlan& plan, const std::vector<size_t>& todo,
                 std::vector<PointOutcome>& outcomes, Progress& progress, int workers,
@@ -95,10 +100,11 @@ void coordinate(const SweepPlan& plan, const std::vector<size_t>& todo,
   std::map<size_t, size_t> slot;  // point index -> position in todo
   for (size_t k = 0; k < todo.size(); ++k) slot[todo[k]] = k;
   size_t next = 0;
+  bool stop = false;  // a point folder could not be written: hand out no more points
   while (workers > 0) {
     Request r;
     MPI_Status st;
-    MPI_Recv(&r, 5, MPI_INT64_T, MPI_ANY_SOURCE, kTagRequest, MPI_COMM_WORLD, &st);
+    MPI_Recv(&r, kRequestFields, MPI_INT64_T, MPI_ANY_SOURCE, kTagRequest, MPI_COMM_WORLD, &st);
     std::string error(static_cast<size_t>(r.error_len), '\0');
     if (r.error_len > 0)
       MPI_Recv(error.data(), static_cast<int>(r.error_len), MPI_CHAR, st.MPI_SOURCE, kTagError,
@@ -106,7 +112,8 @@ void coordinate(const SweepPlan& plan, const std::vector<size_t>& todo,
     if (r.index >= 0) {
       PointOutcome& o = outcomes[slot.at(static_cast<size_t>(r.index))];
       o.ok = r.exit_code == 0, o.exit_code = static_cast<int>(r.exit_code), o.error = error,
-      o.seconds = r.micros * 1e-6;
+      o.seconds = r.micros * 1e-6, o.unwritten = r.unwritten != 0;
+      stop = stop || o.unwritten;
       progress.point_done(point_label(plan, plan.points[static_cast<size_t>(r.index)]), o);
     }
     if (r.leaving) {
@@ -115,7 +122,7 @@ void coordinate(const SweepPlan& plan, const std::vector<size_t>& todo,
       continue;
     }
     int64_t work = -1;
-    if (!InterruptGuard::interrupted() && next < todo.size())
+    if (!InterruptGuard::interrupted() && !stop && next < todo.size())
       work = static_cast<int64_t>(todo[next++]);
     MPI_Send(&work, 1, MPI_INT64_T, st.MPI_SOURCE, kTagWork, MPI_COMM_WORLD);
     if (work < 0) --workers;
@@ -128,7 +135,7 @@ void work(SweepPlan& plan, const SweepOptions& opt) {
   std::string error;
   for (;;) {
     r.leaving = InterruptGuard::interrupted() ? 1 : 0;
-    MPI_Send(&r, 5, MPI_INT64_T, 0, kTagRequest, MPI_COMM_WORLD);
+    MPI_Send(&r, kRequestFields, MPI_INT64_T, 0, kTagRequest, MPI_COMM_WORLD);
     if (r.error_len > 0)
       MPI_Send(error.data(), static_cast<int>(r.error_len), MPI_CHAR, 0, kTagError, MPI_COMM_WORLD);
     if (r.leaving) return;
@@ -140,7 +147,7 @@ void work(SweepPlan& plan, const SweepOptions& opt) {
     p.run.reset();
     error = o.ok ? "" : o.error;
     r.index = index, r.exit_code = o.ok ? 0 : o.exit_code,
-    r.micros = static_cast<int64_t>(o.seconds * 1e6);
+    r.micros = static_cast<int64_t>(o.seconds * 1e6), r.unwritten = o.unwritten ? 1 : 0;
     r.error_len = static_cast<int64_t>(error.size());
   }
 }
@@ -198,7 +205,7 @@ int run_sweep_mpi(const std::string& file, const SweepOptions& opt) {
     coordinate(plan, todo, outcomes, progress, mpi.size() - 1, interrupted);
     progress.finish();
     code = finish_sweep(plan, opt, todo, outcomes, interrupted);
-    if (!interrupted)
+    if (!stopped_early(outcomes, interrupted))
       publish_reports(plan, opt.out,
                       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   } catch (...) {

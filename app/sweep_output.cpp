@@ -96,7 +96,8 @@ void check_report_path(const std::string& path) {
 void write_report(const reports::SweepReport& report, const std::string& path) {
   check_report_path(path);
   const std::string ext = lower_extension(path);
-  // Writers raise std::runtime_error for a file they cannot write: the user's folder to fix.
+  // A file that cannot be written (reports::write_file_atomic: disk full, folder missing) is a
+  // ConfigError naming it; anything else a writer refuses is the user's to fix as well.
   try {
     if (ext == ".json")
       reports::write_file_atomic(path, reports::to_json(report).dump(2) + "\n");

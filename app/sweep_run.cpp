@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -26,41 +27,20 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::string host_name() {
-  char buf[256] = {};
-  if (gethostname(buf, sizeof buf - 1) != 0) return "host";
-  std::string h(buf);
-  for (char& c : h)
-    if (c == '/' || c == '-') c = '_';
-  return h.empty() ? "host" : h;
-}
-
-// A point folder left by a dead process on this host (killed sweep): safe to remove.
-bool stale_tmp(const std::string& name, const std::string& host) {
-  // .tmp-<id>-<host>-<pid>
-  const auto last = name.rfind('-');
-  if (name.rfind(".tmp-", 0) != 0 || last == std::string::npos) return false;
-  const auto prev = name.rfind('-', last - 1);
-  if (prev == std::string::npos || name.substr(prev + 1, last - prev - 1) != host) return false;
-  const std::string pid = name.substr(last + 1);
-  if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) return false;
-  return kill(static_cast<pid_t>(std::stol(pid)), 0) != 0 && errno == ESRCH;
-}
-
-void write_text(const fs::path& path, const std::string& text) {
-  reports::write_file_atomic(path.string(), text);
-}
-
 // A file inside a point's temporary folder: the folder's rename publishes it, so no rename of its
-// own.
+// own. Not flushed to disk: a killed sweep loses nothing the kernel holds, and three fdatasyncs per
+// point (about 12 ms) would be most of a sweep's own cost per point. (After a power loss a point
+// could hold a short file: remove its folder and --resume reruns it.)
 void write_in_tmp(const fs::path& path, const std::string& text) {
-  std::FILE* f = std::fopen(path.c_str(), "wb");
-  if (!f)
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+  if (fd < 0)
     throw std::runtime_error(
-        fmt::format("cannot create '{}': {}", path.string(), std::strerror(errno)));
-  const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
-  if (std::fclose(f) != 0 || !ok)
-    throw std::runtime_error(fmt::format("cannot write '{}' (disk full?)", path.string()));
+        fmt::format("cannot write '{}': {}", path.string(), std::strerror(errno)));
+  int err = reports::write_all(fd, text, /*flush=*/false);
+  if (::close(fd) != 0 && err == 0) err = errno;
+  if (err != 0)
+    throw std::runtime_error(
+        fmt::format("cannot write '{}': {}", path.string(), std::strerror(err)));
 }
 
 std::string duration_text(double s) {
@@ -123,14 +103,10 @@ std::vector<size_t> prepare_out(const SweepPlan& plan, const SweepOptions& opt) 
   if (ec || !fs::is_directory(points))
     throw ConfigError(fmt::format("cannot create output folder '{}': {}", points.string(),
                                   ec ? ec.message() : "not a folder"));
-  try {
-    write_text(out / "sweep.yaml", plan.resolved_yaml);
-  } catch (const std::runtime_error& e) {
-    throw ConfigError(e.what());
-  }
-  const std::string host = host_name();
-  for (const auto& e : fs::directory_iterator(points, ec))
-    if (stale_tmp(e.path().filename().string(), host)) fs::remove_all(e.path(), ec);
+  // What killed runs on this host left: point folders in the making, reports half written.
+  reports::remove_stale_temps(points.string());
+  reports::remove_stale_temps(out.string());
+  reports::write_file_atomic((out / "sweep.yaml").string(), plan.resolved_yaml);
 
   std::vector<size_t> todo;
   for (const auto& p : plan.points) {
@@ -175,9 +151,9 @@ PointOutcome simulate_point(const PlannedPoint& p, std::string& report_json) {
 
 void write_point_dir(const PlannedPoint& p, const std::string& out_dir, const PointOutcome& o,
                      const std::string& report_json) {
-  static const std::string host = host_name();
   const fs::path points = fs::path(out_dir) / "points";
-  const fs::path tmp = points / fmt::format(".tmp-{}-{}-{}", p.id, host, ::getpid());
+  const fs::path tmp =
+      points / fmt::format(".tmp-{}-{}-{}", p.id, reports::temp_host(), ::getpid());
   const fs::path final_dir = points / p.id;
   std::error_code ec;
   try {
@@ -213,7 +189,7 @@ PointOutcome run_point(const PlannedPoint& p, const std::string& out_dir) {
   try {
     write_point_dir(p, out_dir, o, report_json);
   } catch (const std::exception& e) {
-    o.ok = false, o.exit_code = kExitConfig;
+    o.ok = false, o.exit_code = kExitConfig, o.unwritten = true;
     o.error = fmt::format("cannot write the point folder: {}", e.what());
   }
   return o;
@@ -288,13 +264,15 @@ std::vector<PointOutcome> run_points(SweepPlan& plan, const std::vector<size_t>&
                                      const std::string& out, Progress& progress) {
   std::vector<PointOutcome> outcomes(todo.size());
   std::atomic<size_t> next{0};
+  std::atomic<bool> unwritten{false};
   auto worker = [&] {
-    while (!InterruptGuard::interrupted()) {
+    while (!InterruptGuard::interrupted() && !unwritten.load()) {
       const size_t k = next.fetch_add(1);
       if (k >= todo.size()) return;
       PlannedPoint& p = plan.points[todo[k]];
       outcomes[k] = run_point(p, out);
       p.run.reset();  // only this worker touches point todo[k]
+      if (outcomes[k].unwritten) unwritten.store(true);
       progress.point_done(point_label(plan, p), outcomes[k]);
     }
   };
@@ -321,16 +299,25 @@ int finish_sweep(const SweepPlan& plan, const SweepOptions& opt, const std::vect
       if (code == kExitOk || outcomes[k].exit_code == kExitInternal) code = outcomes[k].exit_code;
     }
   }
+  std::string again = plan.command + " --out " + opt.out + " --resume";
+  if (opt.shard.active()) again += fmt::format(" --shard {}/{}", opt.shard.index, opt.shard.count);
+  if (opt.mpi) again = "mpirun ... " + again + " --mpi";
   if (interrupted) {
-    std::string again = plan.command + " --out " + opt.out + " --resume";
-    if (opt.shard.active())
-      again += fmt::format(" --shard {}/{}", opt.shard.index, opt.shard.count);
     fmt::print(
         stderr,
         "interrupted: {} of {} points run in this session ({} still to run); finish with:\n  {}\n",
         ran, todo.size(), todo.size() - ran, again);
     return 130;
   }
+  for (size_t k = 0; k < todo.size(); ++k)
+    if (outcomes[k].unwritten) {
+      // The first unwritten point says why (disk full, folder gone); the others fail alike.
+      fmt::print(stderr,
+                 "error: {}\nthe sweep stopped: {} of {} points run in this session, no report "
+                 "written; free space (or fix the folder), then finish with:\n  {}\n",
+                 outcomes[k].error, ran, todo.size(), again);
+      return kExitConfig;
+    }
   if (failed) {
     fmt::print(stderr, "{} of {} points failed (see points/<id>/log.txt):\n", failed, todo.size());
     for (size_t k = 0; k < todo.size(); ++k)
@@ -338,6 +325,11 @@ int finish_sweep(const SweepPlan& plan, const SweepOptions& opt, const std::vect
         fmt::print(stderr, "  {}: {}\n", plan.points[todo[k]].id, outcomes[k].error);
   }
   return code;
+}
+
+bool stopped_early(const std::vector<PointOutcome>& outcomes, bool interrupted) {
+  return interrupted || std::any_of(outcomes.begin(), outcomes.end(),
+                                    [](const PointOutcome& o) { return o.unwritten; });
 }
 
 int run_sweep(const std::string& file, const SweepOptions& opt) {
@@ -369,7 +361,7 @@ int run_sweep(const std::string& file, const SweepOptions& opt) {
     interrupted = InterruptGuard::interrupted();
   }
   const int code = finish_sweep(plan, opt, todo, outcomes, interrupted);
-  if (interrupted) return code;
+  if (stopped_early(outcomes, interrupted)) return code;
   if (opt.shard.active()) {
     fmt::print(stderr, "shard {}/{} done; when every shard is: npusim merge {} -o report.h5\n",
                opt.shard.index, opt.shard.count, opt.out);

@@ -5,17 +5,17 @@
 
 #include <fmt/format.h>
 #include <hdf5.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
-#include <filesystem>
 #include <limits>
 #include <stdexcept>
 #include <utility>
 
+#include "common/errors.hpp"
 #include "reports/writers.hpp"
 
 namespace npusim::reports {
@@ -130,7 +130,7 @@ class H5Id {
     if (id_ >= 0) close_(id_);
   }
   hid_t get() const { return id_; }
-  // Closes now and reports a failure (closing the file flushes it: a full disk shows up here).
+  // Closes now and reports a failure.
   void close(const char* what) {
     const hid_t id = std::exchange(id_, -1);
     h5_check(close_(id), what);
@@ -204,7 +204,9 @@ class Table {
     }
     const hsize_t dims[1] = {rows_};
     H5Id space(H5Screate_simple(1, dims, nullptr), H5Sclose, "make a dataspace");
-    H5Id set(H5Dcreate2(file, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+    H5Id dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose, "make a dataset property list");
+    h5_check(H5Pset_obj_track_times(dcpl.get(), false), "turn off dataset timestamps");
+    H5Id set(H5Dcreate2(file, name, type.get(), space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
              H5Dclose, "create a dataset");
     const size_t slab = std::max<size_t>(1, kSlabBytes / row_size_);
     for (size_t first = 0; first < rows_; first += slab) {
@@ -346,7 +348,56 @@ void write_units(const SweepReport& s, hid_t file) {
   t.write(file, "units");
 }
 
-void write_hdf5_file(const SweepReport& s, const std::string& file) {
+// Bob Jenkins' lookup3 hash ("hashlittle", public domain) over bytes: HDF5's metadata checksum
+// (H5_checksum_lookup3 with seed 0).
+uint32_t lookup3(const unsigned char* k, size_t length) {
+  auto rot = [](uint32_t x, int n) { return (x << n) | (x >> (32 - n)); };
+  uint32_t a = 0xdeadbeef + static_cast<uint32_t>(length), b = a, c = a;
+  auto word = [&k](size_t i) {
+    return uint32_t{k[i]} | uint32_t{k[i + 1]} << 8 | uint32_t{k[i + 2]} << 16 |
+           uint32_t{k[i + 3]} << 24;
+  };
+  for (; length > 12; length -= 12, k += 12) {
+    a += word(0), b += word(4), c += word(8);
+    a -= c, a ^= rot(c, 4), c += b;
+    b -= a, b ^= rot(a, 6), a += c;
+    c -= b, c ^= rot(b, 8), b += a;
+    a -= c, a ^= rot(c, 16), c += b;
+    b -= a, b ^= rot(a, 19), a += c;
+    c -= b, c ^= rot(b, 4), b += a;
+  }
+  if (length == 0) return c;
+  uint32_t last[3] = {0, 0, 0};  // the 1..12 bytes left, little-endian, zero-padded
+  for (size_t i = 0; i < length; ++i) last[i / 4] += uint32_t{k[i]} << (8 * (i % 4));
+  a += last[0], b += last[1], c += last[2];
+  c ^= b, c -= rot(b, 14);
+  a ^= c, a -= rot(c, 11);
+  b ^= a, b -= rot(a, 25);
+  c ^= b, c -= rot(b, 16);
+  a ^= c, a -= rot(c, 4);
+  b ^= a, b -= rot(a, 14);
+  c ^= b, c -= rot(b, 24);
+  return c;
+}
+
+// HDF5 1.10's H5Fget_file_image copies a version 2 or 3 superblock (the checksummed formats) with
+// the checksum it had while the file was open, not the one the closed file gets: HDF5 then refuses
+// the image ("incorrect metadata checksum"). Recomputing it makes the image the very bytes the
+// library writes to disk when it closes the file (checked against HDF5's own output).
+void repair_superblock_checksum(std::string& image) {
+  const auto* p = reinterpret_cast<const unsigned char*>(image.data());
+  if (image.size() < 12 || p[8] < 2) return;     // version 0 and 1 superblocks have no checksum
+  const size_t covered = 12 + 4 * size_t{p[9]};  // signature, versions and sizes, 4 addresses
+  if (image.size() < covered + 4) return;
+  const uint32_t sum = lookup3(p, covered);
+  for (int i = 0; i < 4; ++i) image[covered + i] = static_cast<char>(sum >> (8 * i));
+}
+
+// The report as the bytes of an HDF5 file, built in memory (the core driver, no backing store):
+// the file itself is then written like any other report, so a full disk or an unwritable folder
+// fails in write_file_atomic with the system's reason, never halfway through HDF5's own I/O (whose
+// failed close leaves the library holding a broken file). `name` only labels the in-memory file.
+std::string hdf5_image(const SweepReport& s, const std::string& name) {
   std::vector<MetricValues> metrics;
   metrics.reserve(s.points.size());
   for (const auto& p : s.points) metrics.push_back(metric_values(p.report));
@@ -357,7 +408,17 @@ void write_hdf5_file(const SweepReport& s, const std::string& file) {
                       "comma-separated)",
                       c));
 
-  H5Id f(H5Fcreate(file.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose,
+  // No object timestamps (HDF5 stamps every object header with the time by default): the same
+  // report gives the same bytes, whenever and wherever (single process, --jobs, MPI) it is written.
+  H5Id fcpl(H5Pcreate(H5P_FILE_CREATE), H5Pclose, "make a file creation property list");
+  h5_check(H5Pset_obj_track_times(fcpl.get(), false), "turn off group timestamps");
+  H5Id fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose, "make a file access property list");
+  h5_check(H5Pset_fapl_core(fapl.get(), size_t{1} << 20, false), "build the file in memory");
+  // The newest file format: superblock and object headers carry checksums, so the reader can leave
+  // a damaged file to HDF5's checksum test instead of to its parser (report_reader.cpp).
+  h5_check(H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_LATEST, H5F_LIBVER_LATEST),
+           "pick the checksummed file format");
+  H5Id f(H5Fcreate(name.c_str(), H5F_ACC_TRUNC, fcpl.get(), fapl.get()), H5Fclose,
          "create the file");
   write_attribute(f.get(), "schema_version", kSchemaVersion);
   write_attribute(f.get(), "kind", std::string("sweep"));
@@ -371,7 +432,17 @@ void write_hdf5_file(const SweepReport& s, const std::string& file) {
   write_points(s, metrics, f.get());
   write_kernels(s, f.get());
   write_units(s, f.get());
+  // Every object is closed; the flush puts the metadata cache into the image (without it
+  // H5Fget_file_image returns a file HDF5 cannot open).
+  h5_check(H5Fflush(f.get(), H5F_SCOPE_GLOBAL), "flush the file");
+  const ssize_t size = H5Fget_file_image(f.get(), nullptr, 0);
+  if (size < 0) h5_fail("size the file image");
+  std::string image(static_cast<size_t>(size), '\0');
+  if (H5Fget_file_image(f.get(), image.data(), image.size()) != size)
+    h5_fail("copy the file image");
   f.close("close the file");
+  repair_superblock_checksum(image);
+  return image;
 }
 
 }  // namespace
@@ -437,19 +508,15 @@ std::string to_csv(const SweepReport& s) {
 }
 
 void write_hdf5(const SweepReport& s, const std::string& path) {
-  namespace fs = std::filesystem;
   check_sweep(s);
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);  // errors become exceptions, not stderr dumps
-  const std::string tmp = fmt::format("{}.tmp.{}", path, ::getpid());
-  std::error_code ec;
+  std::string image;
   try {
-    write_hdf5_file(s, tmp);
-    fs::rename(tmp, path, ec);
-    if (ec) throw std::runtime_error(ec.message());
+    image = hdf5_image(s, path);
   } catch (const std::exception& e) {
-    fs::remove(tmp, ec);
-    throw std::runtime_error(fmt::format("cannot write '{}': {}", path, e.what()));
+    throw ConfigError(fmt::format("cannot write '{}': {}", path, e.what()));
   }
+  write_file_atomic(path, image);
 }
 
 }  // namespace npusim::reports

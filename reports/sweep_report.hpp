@@ -49,7 +49,9 @@ RunReport run_report_from_json(const nlohmann::json& j);
 
 nlohmann::json to_json(const SweepReport& s);
 std::string to_csv(const SweepReport& s);  // one row per point: id, key columns, metrics
-// Writes the HDF5 report atomically (temporary name, then rename); throws std::runtime_error.
+// Writes the HDF5 report atomically (temporary name, then rename), with no timestamps: the same
+// report gives the same bytes. Throws ConfigError "cannot write '<path>': <why>" and leaves no
+// temporary file.
 void write_hdf5(const SweepReport& s, const std::string& path);
 
 }  // namespace npusim::reports

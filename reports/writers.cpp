@@ -1,35 +1,42 @@
 #include "reports/writers.hpp"
 
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <signal.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
-#include <cstdio>
+#include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <stdexcept>
 
-#include <unistd.h>
+#include "common/errors.hpp"
 
 namespace npusim::reports {
 
 nlohmann::json to_json(const ValidationReport& v) {
   nlohmann::json worst = nlohmann::json::array();
   for (const auto& m : v.worst)
-    worst.push_back({{"index", m.index}, {"row", m.row}, {"col", m.col}, {"device", m.device}, {"golden", m.golden},
+    worst.push_back({{"index", m.index},
+                     {"row", m.row},
+                     {"col", m.col},
+                     {"device", m.device},
+                     {"golden", m.golden},
                      {"abs_err", m.abs_err}});
   nlohmann::json j = {{"passed", v.passed},
-          {"max_abs_err", v.max_abs_err},
-          {"max_rel_err", v.max_rel_err},
-          {"cos_diff", v.cos_diff},
-          {"mere", v.mere},
-          {"mare", v.mare},
-          {"ratio_to_same_precision", v.ratio_to_same_precision},
-          {"tolerance", v.tolerance},
-          {"elements", v.elements},
-          {"failed_elements", v.failed_elements},
-          {"nonfinite_mismatches", v.nonfinite_mismatches},
-          {"failures", v.failures},
-          {"worst", worst}};
+                      {"max_abs_err", v.max_abs_err},
+                      {"max_rel_err", v.max_rel_err},
+                      {"cos_diff", v.cos_diff},
+                      {"mere", v.mere},
+                      {"mare", v.mare},
+                      {"ratio_to_same_precision", v.ratio_to_same_precision},
+                      {"tolerance", v.tolerance},
+                      {"elements", v.elements},
+                      {"failed_elements", v.failed_elements},
+                      {"nonfinite_mismatches", v.nonfinite_mismatches},
+                      {"failures", v.failures},
+                      {"worst", worst}};
   if (!v.outputs.empty()) {
     nlohmann::json outs = nlohmann::json::object();
     for (const auto& [name, o] : v.outputs) outs[name] = to_json(o);
@@ -39,16 +46,17 @@ nlohmann::json to_json(const ValidationReport& v) {
 }
 
 std::string format_validation(const std::string& kernel, const ValidationReport& v) {
-  std::string out = fmt::format("{}: validation {} (max abs err {:.3g}, max rel err {:.3g}, cos diff {:.3g}, MERE {:.3g}, "
-                                "MARE {:.3g}, {:.2f}x the same-precision error)\n",
-                                kernel, v.passed ? "passed" : "FAILED", v.max_abs_err, v.max_rel_err, v.cos_diff, v.mere,
-                                v.mare, v.ratio_to_same_precision);
+  std::string out = fmt::format(
+      "{}: validation {} (max abs err {:.3g}, max rel err {:.3g}, cos diff {:.3g}, MERE {:.3g}, "
+      "MARE {:.3g}, {:.2f}x the same-precision error)\n",
+      kernel, v.passed ? "passed" : "FAILED", v.max_abs_err, v.max_rel_err, v.cos_diff, v.mere,
+      v.mare, v.ratio_to_same_precision);
   for (const auto& f : v.failures) out += "  failed: " + f + "\n";
 
   if (!v.passed)
     for (const auto& m : v.worst)
-      out += fmt::format("  [{}, {}] (flat {}): device {:.7g}, golden {:.7g}, |err| {:.3g}\n", m.row, m.col, m.index,
-                         m.device, m.golden, m.abs_err);
+      out += fmt::format("  [{}, {}] (flat {}): device {:.7g}, golden {:.7g}, |err| {:.3g}\n",
+                         m.row, m.col, m.index, m.device, m.golden, m.abs_err);
   return out;
 }
 
@@ -115,11 +123,16 @@ nlohmann::json to_json(const RunReport& r) {
   };
   if (r.graph) {
     const GraphSummary& g = *r.graph;
-    out["graph"] = {{"model", g.model},       {"block", g.block},
-                    {"phase", g.phase},       {"tokens", g.tokens},
-                    {"fusion", g.fusion},     {"kernels", r.kernels.size()},
-                    {"total_us", g.total_us}, {"launch_us", g.launch_us},
-                    {"critical_path_us", g.critical_path_us}, {"critical_path", g.critical_path},
+    out["graph"] = {{"model", g.model},
+                    {"block", g.block},
+                    {"phase", g.phase},
+                    {"tokens", g.tokens},
+                    {"fusion", g.fusion},
+                    {"kernels", r.kernels.size()},
+                    {"total_us", g.total_us},
+                    {"launch_us", g.launch_us},
+                    {"critical_path_us", g.critical_path_us},
+                    {"critical_path", g.critical_path},
                     {"notes", g.notes}};
     if (!g.layer.empty()) {
       out["graph"]["layer"] = g.layer;
@@ -128,39 +141,49 @@ nlohmann::json to_json(const RunReport& r) {
       if (!g.index_source.empty()) out["graph"]["index_source"] = g.index_source;
     }
     if (!g.tokens_per_expert.empty())
-      out["routing"] = {{"source", g.routing_source}, {"tokens_per_expert", g.tokens_per_expert},
+      out["routing"] = {{"source", g.routing_source},
+                        {"tokens_per_expert", g.tokens_per_expert},
                         {"imbalance", g.imbalance}};
   }
   return out;
 }
 
 std::string format_table(const std::vector<RunReport>& runs) {
-  std::string out = fmt::format("{:<40} {:<16} {:>10} {:>7} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>8} {:>5}\n",
-                                "kernel", "hardware", "time us", "TFLOPS", "%peak", "cube", "vec", "mte1", "mte2",
-                                "mte3", "fixp", "HBM GB/s", "L2hit");
+  std::string out = fmt::format(
+      "{:<40} {:<16} {:>10} {:>7} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>8} {:>5}\n",
+      "kernel", "hardware", "time us", "TFLOPS", "%peak", "cube", "vec", "mte1", "mte2", "mte3",
+      "fixp", "HBM GB/s", "L2hit");
   auto pct = [](double f) { return fmt::format("{:.0f}", 100 * f); };
   for (const auto& r : runs) {
     for (const auto& k : r.kernels) {
       const auto& u = k.utilization;
-      out += fmt::format("{:<40} {:<16} {:>10.2f} {:>7.1f} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>8.0f} {:>5}\n",
-                         k.name.size() > 40 ? k.name.substr(0, 40) : k.name, r.hardware_name, k.time_us, k.tflops,
-                         pct(k.peak_fraction), pct(u.cube), pct(u.vector), pct(u.mte1), pct(u.mte2), pct(u.mte3),
-                         pct(u.fixpipe), u.hbm_bw * r.hbm_peak_gbs, pct(k.bytes.l2_hit_rate));
+      out += fmt::format(
+          "{:<40} {:<16} {:>10.2f} {:>7.1f} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>5} {:>8.0f} "
+          "{:>5}\n",
+          k.name.size() > 40 ? k.name.substr(0, 40) : k.name, r.hardware_name, k.time_us, k.tflops,
+          pct(k.peak_fraction), pct(u.cube), pct(u.vector), pct(u.mte1), pct(u.mte2), pct(u.mte3),
+          pct(u.fixpipe), u.hbm_bw * r.hbm_peak_gbs, pct(k.bytes.l2_hit_rate));
     }
     if (r.graph) {
       const GraphSummary& g = *r.graph;
-      const std::string what = g.layer.empty()
-                                   ? fmt::format("{} {} T={}", g.block, g.phase, g.tokens)
-                                   : fmt::format("{} {} {} {}={} context={}", g.block, g.layer, g.phase,
-                                                 g.phase == "decode" ? "batch" : "tokens", g.tokens, g.context);
-      out += fmt::format("= {} {} fusion {}: {} kernels, {:.2f} us with launches ({:.2f} us each), critical path {:.2f} us",
-                         g.model, what, g.fusion, r.kernels.size(), g.total_us, g.launch_us, g.critical_path_us);
+      const std::string what =
+          g.layer.empty()
+              ? fmt::format("{} {} T={}", g.block, g.phase, g.tokens)
+              : fmt::format("{} {} {} {}={} context={}", g.block, g.layer, g.phase,
+                            g.phase == "decode" ? "batch" : "tokens", g.tokens, g.context);
+      out += fmt::format(
+          "= {} {} fusion {}: {} kernels, {:.2f} us with launches ({:.2f} us each), critical path "
+          "{:.2f} us",
+          g.model, what, g.fusion, r.kernels.size(), g.total_us, g.launch_us, g.critical_path_us);
       if (!g.index_source.empty()) out += ", indices " + g.index_source;
-      if (!g.tokens_per_expert.empty()) out += fmt::format(", routing {} imbalance {:.2f}", g.routing_source, g.imbalance);
+      if (!g.tokens_per_expert.empty())
+        out += fmt::format(", routing {} imbalance {:.2f}", g.routing_source, g.imbalance);
       out += "\n";
     }
   }
-  out += "%peak: of the cube (GEMM) or vector (AIV ops) peak; pipe columns: % of kernel time averaged over all cores\n";
+  out +=
+      "%peak: of the cube (GEMM) or vector (AIV ops) peak; pipe columns: % of kernel time averaged "
+      "over all cores\n";
   return out;
 }
 
@@ -168,47 +191,127 @@ nlohmann::json trace_json(const Trace& t) {
   nlohmann::json events = nlohmann::json::array();
   std::vector<bool> named_process;
   for (const auto& tr : t.tracks) {
-    if (static_cast<int>(named_process.size()) <= tr.process) named_process.resize(tr.process + 1, false);
+    if (static_cast<int>(named_process.size()) <= tr.process)
+      named_process.resize(tr.process + 1, false);
     if (!named_process[tr.process]) {
-      events.push_back({{"ph", "M"}, {"name", "process_name"}, {"pid", tr.process}, {"tid", 0},
+      events.push_back({{"ph", "M"},
+                        {"name", "process_name"},
+                        {"pid", tr.process},
+                        {"tid", 0},
                         {"args", {{"name", tr.process_name}}}});
-      events.push_back({{"ph", "M"}, {"name", "process_sort_index"}, {"pid", tr.process}, {"tid", 0},
+      events.push_back({{"ph", "M"},
+                        {"name", "process_sort_index"},
+                        {"pid", tr.process},
+                        {"tid", 0},
                         {"args", {{"sort_index", tr.process}}}});
       named_process[tr.process] = true;
     }
-    events.push_back({{"ph", "M"}, {"name", "thread_name"}, {"pid", tr.process}, {"tid", tr.thread},
+    events.push_back({{"ph", "M"},
+                      {"name", "thread_name"},
+                      {"pid", tr.process},
+                      {"tid", tr.thread},
                       {"args", {{"name", tr.thread_name}}}});
   }
   for (const auto& s : t.slices) {
     const auto& tr = t.tracks[s.track];
-    events.push_back({{"ph", "X"}, {"name", s.name}, {"cat", s.category}, {"pid", tr.process}, {"tid", tr.thread},
-                      {"ts", s.start_us}, {"dur", s.dur_us}});
+    events.push_back({{"ph", "X"},
+                      {"name", s.name},
+                      {"cat", s.category},
+                      {"pid", tr.process},
+                      {"tid", tr.thread},
+                      {"ts", s.start_us},
+                      {"dur", s.dur_us}});
   }
   return {{"traceEvents", events}, {"displayTimeUnit", "ns"}};
 }
 
-void write_file_atomic(const std::string& path, const std::string& text) {
+namespace {
+
+// The host and pid fields of a temporary name: ".<name>.tmp-<host>-<pid>" (files) or
+// ".tmp-<id>-<host>-<pid>" (sweep point folders), split from the right.
+bool temp_fields(const std::string& name, std::string& host, std::string& pid) {
+  const auto last = name.rfind('-');
+  if (name.empty() || name[0] != '.' || last == std::string::npos || last == 0) return false;
+  const auto prev = name.rfind('-', last - 1);
+  const auto tag = name.find(".tmp-");
+  if (prev == std::string::npos || tag == std::string::npos || tag + 4 > prev) return false;
+  host = name.substr(prev + 1, last - prev - 1);
+  pid = name.substr(last + 1);
+  return !pid.empty() && pid.size() < 10 &&
+         pid.find_first_not_of("0123456789") == std::string::npos;
+}
+
+[[noreturn]] void cannot_write(const std::string& path, const std::string& why) {
+  throw ConfigError(fmt::format("cannot write '{}': {}", path, why));
+}
+
+}  // namespace
+
+const std::string& temp_host() {
+  static const std::string host = [] {
+    char buf[256] = {};
+    std::string h = gethostname(buf, sizeof buf - 1) == 0 ? buf : "";
+    for (char& c : h)
+      if (c == '/' || c == '-') c = '_';
+    return h.empty() ? std::string("host") : h;
+  }();
+  return host;
+}
+
+std::string temp_path_for(const std::string& path) {
+  const std::filesystem::path p(path);
+  return (p.parent_path() /
+          fmt::format(".{}.tmp-{}-{}", p.filename().string(), temp_host(), ::getpid()))
+      .string();
+}
+
+bool is_stale_temp(const std::string& name) {
+  std::string host, pid;
+  if (!temp_fields(name, host, pid) || host != temp_host()) return false;
+  return ::kill(static_cast<pid_t>(std::stol(pid)), 0) != 0 && errno == ESRCH;
+}
+
+size_t remove_stale_temps(const std::string& dir) {
   namespace fs = std::filesystem;
-  fs::path target(path);
-  fs::path tmp = target;
-  tmp += fmt::format(".tmp{}", ::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary);
-    if (!out) throw std::runtime_error(fmt::format("cannot write '{}': cannot create a file in that folder", path));
-    out << text;
-    out.flush();
-    if (!out) {
-      out.close();
-      std::error_code ec;
-      fs::remove(tmp, ec);
-      throw std::runtime_error(fmt::format("cannot write '{}': write failed (disk full?)", path));
-    }
-  }
+  size_t n = 0;
   std::error_code ec;
-  fs::rename(tmp, target, ec);
-  if (ec) {
-    fs::remove(tmp, ec);
-    throw std::runtime_error(fmt::format("cannot write '{}': {}", path, ec.message()));
+  for (const auto& e : fs::directory_iterator(dir, ec))
+    if (is_stale_temp(e.path().filename().string())) {
+      std::error_code rm;
+      fs::remove_all(e.path(), rm);
+      n += !rm;
+    }
+  return n;
+}
+
+int write_all(int fd, const std::string& text, bool flush) {
+  const char* p = text.data();
+  size_t left = text.size();
+  while (left > 0) {
+    const ssize_t n = ::write(fd, p, left);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    p += n, left -= static_cast<size_t>(n);
+  }
+  // Flushed before the rename publishes it: after a power loss the name holds the old or the new
+  // bytes, never an empty file (a killed process needs no flush; the kernel has the data).
+  return !flush || ::fdatasync(fd) == 0 ? 0 : errno;
+}
+
+void write_file_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = temp_path_for(path);
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+  if (fd < 0)
+    cannot_write(path,
+                 fmt::format("cannot create a file in that folder ({})", std::strerror(errno)));
+  int err = write_all(fd, text, /*flush=*/true);
+  if (::close(fd) != 0 && err == 0) err = errno;
+  if (err == 0 && ::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
+  if (err != 0) {
+    ::unlink(tmp.c_str());
+    cannot_write(path, std::strerror(err));
   }
 }
 

@@ -147,7 +147,9 @@ void TuningDb::record(const std::string& hardware, const std::string& kernel, co
     }
     exec("COMMIT");
   } catch (...) {
-    exec("ROLLBACK");
+    // Best effort: the error to report is the one that stopped the batch (a failed ROLLBACK
+    // throwing here would replace it; SQLite rolls back on close anyway).
+    sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
     throw;
   }
 }
