@@ -62,12 +62,28 @@ Baseline read_baseline(const std::string& file) {
           SourceLoc{file, 0, 0, "format"},
           fmt::format("not a baseline of format '{}' (regenerate it with --update-baseline)",
                       kBaselineFormat));
-    for (const auto& [name, e] : j.at("cases").items()) {
+    // A value of the wrong type names its key path, like a config error.
+    const auto field = [&](const nlohmann::json& obj, const std::string& key, const std::string& path,
+                           bool (nlohmann::json::*is)() const noexcept, const char* what) -> const nlohmann::json& {
+      const std::string p = path.empty() ? key : path + "." + key;
+      if (!obj.is_object() || !obj.contains(key)) throw ConfigError(SourceLoc{file, 0, 0, p}, "missing key");
+      const nlohmann::json& v = obj[key];
+      if (!(v.*is)()) throw ConfigError(SourceLoc{file, 0, 0, p}, fmt::format("expected {}, found {}", what, v.type_name()));
+      return v;
+    };
+    const nlohmann::json& cases = field(j, "cases", "", &nlohmann::json::is_object, "a map of cases");
+    for (const auto& [name, e] : cases.items()) {
+      const std::string at = "cases." + name;
       Baseline::Entry entry;
-      entry.cycles = e.at("cycles").get<uint64_t>();
-      entry.time_us = e.at("time_us").get<double>();
-      for (const auto& k : e.at("kernels"))
-        entry.kernels.emplace_back(k.at("name").get<std::string>(), k.at("cycles").get<uint64_t>());
+      entry.cycles = field(e, "cycles", at, &nlohmann::json::is_number_unsigned, "a cycle count").get<uint64_t>();
+      entry.time_us = field(e, "time_us", at, &nlohmann::json::is_number, "a number").get<double>();
+      const nlohmann::json& kernels = field(e, "kernels", at, &nlohmann::json::is_array, "a list of kernels");
+      for (size_t i = 0; i < kernels.size(); ++i) {
+        const std::string kat = fmt::format("{}.kernels[{}]", at, i);
+        entry.kernels.emplace_back(field(kernels[i], "name", kat, &nlohmann::json::is_string, "a name").get<std::string>(),
+                                   field(kernels[i], "cycles", kat, &nlohmann::json::is_number_unsigned, "a cycle count")
+                                       .get<uint64_t>());
+      }
       b.cases.emplace(name, std::move(entry));
     }
   } catch (const nlohmann::json::exception& e) {
@@ -209,7 +225,7 @@ RegressSuite load_suite(const std::string& file) {
       name.fail(fmt::format("case name '{}' is empty or repeated", rc.name));
     YamlNode config = c.at("config");
     rc.config = (dir / config.as_string()).string();
-    if (!fs::is_regular_file(rc.config))
+    if (std::error_code ec; !fs::is_regular_file(rc.config, ec))
       config.fail(
           fmt::format("config '{}' not found (looked for {})", config.as_string(), rc.config));
     if (auto sets = c.get("set")) {
@@ -256,7 +272,7 @@ int run_regress(const std::string& suite_file, const RegressOptions& opt) {
   const RegressSuite suite = load_suite(suite_file);
   const std::string baseline_file = opt.baseline.empty() ? suite.baseline : opt.baseline;
   Baseline baseline;
-  if (fs::exists(baseline_file))
+  if (std::error_code ec; fs::exists(baseline_file, ec))
     baseline = read_baseline(baseline_file);
   else if (!opt.update)
     throw ConfigError(

@@ -43,7 +43,8 @@ std::string config_dir() {
 namespace {
 // A preset is a hardware YAML with a `name:` (the files it extends have none).
 bool is_preset_file(const fs::path& file) {
-  if (file.extension() != ".yaml" || !fs::is_regular_file(file)) return false;
+  std::error_code ec;  // a name too long for the file system is simply not a preset
+  if (file.extension() != ".yaml" || !fs::is_regular_file(file, ec)) return false;
   try {
     YAML::Node n = YAML::LoadFile(file.string());
     return n.IsMap() && n["name"];
@@ -78,7 +79,7 @@ namespace {
 // Finds the preset file for `name`, or throws with the nearest preset name.
 std::string preset_file(const std::string& name, const SourceLoc& where) {
   if (name.find('/') != std::string::npos || name.ends_with(".yaml")) {
-    if (!fs::exists(name)) throw ConfigError(where, fmt::format("hardware file '{}' not found", name));
+    if (std::error_code ec; !fs::exists(name, ec)) throw ConfigError(where, fmt::format("hardware file '{}' not found", name));
     return name;
   }
   // The common case reads one file; only a miss reads every preset to suggest the nearest.
@@ -149,6 +150,7 @@ GraphWorkload load_graph_workload(const YamlNode& w, const std::optional<YamlNod
     gw.phase = w.get("phase") ? w.at("phase").as_enum({"decode", "prefill"}) : "";
     std::string path = name;
     if (fs::path(path).is_relative()) path = (fs::path(model.loc().file).parent_path() / path).string();
+    if (std::error_code ec; !fs::is_regular_file(path, ec)) model.fail(fmt::format("graph file '{}' not found", path));
     gw.graph = graphs::load_graph_file(path, gw.tokens);
   } else {
     const graphs::MoeModel& m = graphs::moe_model(name, model.loc());
@@ -282,7 +284,7 @@ LoadedRun load_run(const std::string& config_file, const std::vector<std::string
   // `hardware=NAME` replaces the preset (keeping the config's own hardware overrides, if any).
   for (const auto& arg : sets) {
     auto [key, value] = parse_set_arg(arg);
-    const YAML::Node& hw_node = doc->root().raw();
+    const YAML::Node hw_node = doc->root().raw();  // a handle: root() is a temporary
     if (key == "hardware" && hw_node.IsMap() && hw_node["hardware"] && hw_node["hardware"].IsMap())
       doc->set_override("hardware.preset", value, "--set " + arg);
     else if (key.rfind("hardware.", 0) != 0)
@@ -318,7 +320,7 @@ LoadedRun load_run(const std::string& config_file, const std::vector<std::string
       hwdoc = YamlDoc::load_layered(preset_file(preset.as_string(), preset.loc()), "hardware");
       YAML::Node overrides(YAML::NodeType::Map);
       for (const auto& kv : hwnode.raw())
-        if (kv.first.as<std::string>() != "preset") overrides[kv.first.as<std::string>()] = kv.second;
+        if (kv.first.as<std::string>() != "preset") overrides.force_insert(kv.first, kv.second);  // keeps the key's line
       hwdoc->overlay(overrides, config_file);
       hwnode.consume_all();  // checked against the parameter table by parse_hardware instead
     } else {
@@ -368,8 +370,8 @@ LoadedRun load_run(const std::string& config_file, const std::vector<std::string
     throw ConfigError(where, "tiling does not fit: " + st.reason + hint);
   }
   if (double n = run.kernel->estimated_instructions(); n > max_instructions())
-    workload.fail(fmt::format("the program would have about {:.3g} instructions, above the limit of {:.3g} "
-                              "(raise it with NPUSIM_MAX_INSTRUCTIONS, or use larger tiles)", n, max_instructions()));
+    workload.fail(fmt::format("the program would have about {:.3g} instructions, above the limit of {:.3g}{}", n,
+                              max_instructions(), kInstructionLimitHint));
   return run;
 }
 
@@ -437,6 +439,7 @@ GraphOutput execute_graph(const LoadedRun& run, bool functional, const sim::SimO
                                     gw.graph.name, need / 1073741824.0, limit / 1073741824.0));
   }
   graphs::GraphRunOptions go;
+  go.max_instructions = max_instructions(), go.max_instructions_hint = kInstructionLimitHint;
   go.routing = gw.routing;
   go.indices = gw.indices;
   go.functional = functional;
@@ -519,7 +522,7 @@ reports::ValidationReport to_report(const std::vector<kernels::OutputValidation>
     }
     all.passed = all.passed && r.passed;
     for (const auto& f : r.failures) all.failures.push_back(outs[i].tensor + ": " + f);
-    all.outputs.emplace_back(outs[i].tensor, std::move(r));
+    all.outputs.push_back({outs[i].tensor, std::move(r)});
   }
   return all;
 }

@@ -33,6 +33,9 @@ sim::HardwareSpec load_hardware(const std::string& name_or_path, const std::vect
 // Programs above this many instructions are refused before lowering (about 40 bytes each);
 // NPUSIM_MAX_INSTRUCTIONS raises or lowers it.
 inline constexpr double kDefaultMaxInstructions = 2e8;
+inline constexpr const char* kInstructionLimitHint =
+    " (raise it with the environment variable NPUSIM_MAX_INSTRUCTIONS, e.g. NPUSIM_MAX_INSTRUCTIONS=5e8, "
+    "or use larger tiles)";
 double max_instructions();
 
 // A run config names either one kernel (`workload.op`) or a block of a model (`workload.model`),

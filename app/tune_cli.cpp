@@ -109,18 +109,25 @@ class TuneCommand : public Command {
     if (fusion_ != "config" && fusion_ != "search")
       throw ConfigError(SourceLoc{"--fusion", 0, 0, "fusion"}, fmt::format("expected config or search, found '{}'", fusion_));
     if (budget_ <= 0) throw ConfigError(SourceLoc{"--budget", 0, 0, "budget"}, "the budget must be at least 1 evaluation");
+    if (config_.empty() && export_.empty())
+      throw ConfigError("tune needs a config (or --list-strategies, or --db with --export)");
+    if (!export_.empty() && db_.empty()) throw ConfigError(SourceLoc{"--export", 0, 0, ""}, "--export needs --db FILE");
+    // Every argument and the config are checked before the database is opened (or created).
+    std::vector<tuner::Pin> pins;
+    LoadedRun run;
+    if (!config_.empty()) {
+      for (const auto& p : pins_) pins.push_back(tuner::parse_pin(p));
+      tuner::require_known_strategy(strategy_);
+      run = load_run(config_, sets_);
+      if (run.graph && !pins.empty())
+        throw ConfigError(SourceLoc{"--pin", 0, 0, ""}, "--pin applies to a single kernel config (workload.op)");
+    }
     std::unique_ptr<tuner::TuningDb> db;
     if (!db_.empty()) db = std::make_unique<tuner::TuningDb>(db_);
     if (!export_.empty()) {
-      if (!db) throw ConfigError(SourceLoc{"--export", 0, 0, ""}, "--export needs --db FILE");
       reports::write_file_atomic(export_, db->export_json().dump(2) + "\n");
       if (config_.empty()) return kExitOk;
     }
-    if (config_.empty()) throw ConfigError("tune needs a config (or --list-strategies, or --db with --export)");
-    std::vector<tuner::Pin> pins;
-    for (const auto& p : pins_) pins.push_back(tuner::parse_pin(p));
-    tuner::require_known_strategy(strategy_);  // before any simulation
-    LoadedRun run = load_run(config_, sets_);
     tuner::TuneOptions opt;
     opt.strategy = strategy_, opt.budget = static_cast<size_t>(budget_), opt.seed = seed_, opt.pins = pins;
     opt.db = db.get(), opt.stop = &g_stop, opt.tool_version = tool_version();
@@ -131,7 +138,6 @@ class TuneCommand : public Command {
     nlohmann::json best;
     int rc = kExitOk;
     if (run.graph) {
-      if (!pins.empty()) throw ConfigError(SourceLoc{"--pin", 0, 0, ""}, "--pin applies to a single kernel config (workload.op)");
       const GraphWorkload& gw = *run.graph;
       graphs::GraphRunOptions go;
       go.routing = gw.routing, go.indices = gw.indices, go.inputs = run.inputs;

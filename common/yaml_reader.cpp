@@ -1,12 +1,15 @@
 #include "common/yaml_reader.hpp"
 
 #include <fmt/format.h>
+#include <yaml-cpp/eventhandler.h>
 
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <optional>
 #include <sstream>
+#include <utility>
 
 #include "common/text.hpp"
 
@@ -31,28 +34,95 @@ void merge_into(YAML::Node base, const YAML::Node& over, const std::string& path
   for (const auto& kv : over) {
     const std::string key = kv.first.as<std::string>();
     const std::string p = join_path(path, key);
-    YAML::Node existing = base[key];
+    // A const lookup: yaml-cpp's non-const operator[] would insert an empty entry for a new key.
+    YAML::Node existing = std::as_const(base)[key];
     if (existing && existing.IsMap() && kv.second.IsMap()) {
       merge_into(existing, kv.second, p, over_file, origin);
     } else {
-      base[key] = kv.second;
+      // A new key goes in with its own node, so errors about it still point at its line.
+      if (existing) base[key] = kv.second;
+      else base.force_insert(kv.first, kv.second);
       origin[p] = over_file;
     }
   }
 }
 
-YAML::Node parse_file(const std::string& file) {
-  if (std::filesystem::is_directory(file)) throw ConfigError(SourceLoc{file, 0, 0, ""}, "is a folder, not a YAML file");
+SourceLoc mark_loc(const std::string& file, const YAML::Mark& m, const std::string& path) {
+  if (m.is_null()) return SourceLoc{file, 0, 0, path};
+  return SourceLoc{file, m.line + 1, m.column + 1, path};
+}
+
+// What the readers below assume of every document: map keys are plain scalars (a list or map used
+// as a key has no name to report or look up) and no map names a key twice (yaml-cpp keeps both and
+// lookups would see only the first).
+void check_structure(const YAML::Node& node, const std::string& file, const std::string& path) {
+  if (node.IsSequence()) {
+    for (size_t i = 0; i < node.size(); ++i) check_structure(node[i], file, fmt::format("{}[{}]", path, i));
+    return;
+  }
+  if (!node.IsMap()) return;
+  std::map<std::string, YAML::Mark> seen;
+  for (const auto& kv : node) {
+    if (!kv.first.IsScalar())
+      throw ConfigError(mark_loc(file, kv.first.Mark(), path),
+                        fmt::format("a key must be a plain name, found {} used as a key", kind_name(kv.first)));
+    const std::string& key = kv.first.Scalar();
+    const std::string p = join_path(path, key);
+    if (auto [it, fresh] = seen.emplace(key, kv.first.Mark()); !fresh)
+      throw ConfigError(mark_loc(file, kv.first.Mark(), p),
+                        fmt::format("duplicate key '{}' (first given at line {})", key, it->second.line + 1));
+    check_structure(kv.second, file, p);
+  }
+}
+
+// Records where a document begins. (Not YAML::LoadAll to count documents: on stray tokens at the
+// top level, such as ", a", it yields empty documents forever.)
+class DocumentStart : public YAML::EventHandler {
+ public:
+  std::optional<YAML::Mark> mark;
+  void OnDocumentStart(const YAML::Mark& m) override { mark = m; }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
+// Throws for a second document, or for top-level text the parser cannot move past (the second
+// document then starts where the first did).
+void check_single_document(const std::string& text, const std::string& file) {
+  std::istringstream in(text);
+  YAML::Parser parser(in);
+  DocumentStart first, second;
+  if (!parser.HandleNextDocument(first) || !parser.HandleNextDocument(second) || !second.mark) return;
+  if (first.mark && first.mark->pos == second.mark->pos)
+    throw ConfigError(mark_loc(file, *second.mark, ""), "malformed YAML: unexpected text at the top level (a stray ',', ']' or '}'?)");
+  throw ConfigError(mark_loc(file, *second.mark, ""), "a second YAML document; a file holds one");
+}
+
+// One YAML document from `text`, checked by check_structure; `file` names it in errors.
+YAML::Node parse_text(const std::string& text, const std::string& file, const std::string& root_path) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+    check_single_document(text, file);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(mark_loc(file, e.mark, ""), "malformed YAML: " + e.msg);
+  }
+  check_structure(root, file, root_path);
+  return root;
+}
+
+YAML::Node parse_file(const std::string& file, const std::string& root_path) {
+  if (std::error_code ec; std::filesystem::is_directory(file, ec)) throw ConfigError(SourceLoc{file, 0, 0, ""}, "is a folder, not a YAML file");
   std::ifstream in(file);
   if (!in) throw ConfigError(SourceLoc{file, 0, 0, ""}, "cannot open file");
   std::stringstream ss;
   ss << in.rdbuf();
-  try {
-    return YAML::Load(ss.str());
-  } catch (const YAML::Exception& e) {
-    throw ConfigError(SourceLoc{file, e.mark.line + 1, e.mark.column + 1, ""},
-                      "malformed YAML: " + e.msg);
-  }
+  return parse_text(ss.str(), file, root_path);
 }
 
 }  // namespace
@@ -102,6 +172,9 @@ YamlNode YamlNode::at(const std::string& key) const {
 }
 
 std::optional<YamlNode> YamlNode::get(const std::string& key) const {
+  // Asking a list or a scalar for a key means the config gave one where a map belongs.
+  if (!is_null() && !node_.IsMap())
+    fail(fmt::format("expected a map (with optional key '{}'), found {}", key, kind_name(node_)));
   if (!has(key)) {
     if (node_.IsMap() && node_[key]) doc_->mark_used(child_path(key));  // explicit null
     return std::nullopt;
@@ -211,7 +284,7 @@ std::shared_ptr<YamlDoc> YamlDoc::load(const std::string& file, const std::strin
   auto doc = std::make_shared<YamlDoc>();
   doc->file_ = file;
   doc->root_path_ = root_path;
-  doc->root_ = parse_file(file);
+  doc->root_ = parse_file(file, root_path);
   if (!doc->root_ || doc->root_.IsNull()) doc->root_ = YAML::Node(YAML::NodeType::Map);
   return doc;
 }
@@ -225,15 +298,17 @@ std::shared_ptr<YamlDoc> YamlDoc::load_layered_impl(const std::string& file,
                                                     const std::string& root_path,
                                                     std::set<std::string> seen) {
   auto doc = load(file, root_path);
-  if (!seen.insert(std::filesystem::weakly_canonical(file).string()).second)
-    throw ConfigError(SourceLoc{file, 0, 0, ""}, "'extends' forms a cycle");
+  std::error_code ec;
+  seen.insert(std::filesystem::weakly_canonical(file, ec).string());
   if (!doc->root_.IsMap() || !doc->root_["extends"]) return doc;
   YamlNode ext = doc->root().at("extends");
   const std::string base_name = ext.as_string();
   const std::filesystem::path base_file =
       std::filesystem::path(file).parent_path() / (base_name + ".yaml");
-  if (!std::filesystem::exists(base_file))
+  if (!std::filesystem::exists(base_file, ec))
     ext.fail(fmt::format("base '{}' not found (looked for {})", base_name, base_file.string()));
+  if (seen.count(std::filesystem::weakly_canonical(base_file, ec).string()))
+    ext.fail(fmt::format("'extends' forms a cycle: {} is already being loaded", base_file.string()));
   auto base = load_layered_impl(base_file.string(), root_path, seen);
   // Values from the base keep their origin; the base's own top-level keys are attributed to it.
   std::map<std::string, std::string> origin = base->origin_;
@@ -252,12 +327,7 @@ std::shared_ptr<YamlDoc> YamlDoc::from_string(const std::string& text, const std
   auto doc = std::make_shared<YamlDoc>();
   doc->file_ = name;
   doc->root_path_ = root_path;
-  try {
-    doc->root_ = YAML::Load(text);
-  } catch (const YAML::Exception& e) {
-    throw ConfigError(SourceLoc{name, e.mark.line + 1, e.mark.column + 1, ""},
-                      "malformed YAML: " + e.msg);
-  }
+  doc->root_ = parse_text(text, name, root_path);
   if (!doc->root_ || doc->root_.IsNull()) doc->root_ = YAML::Node(YAML::NodeType::Map);
   return doc;
 }
@@ -278,6 +348,15 @@ SourceLoc YamlDoc::loc_of(const std::string& path, const YAML::Node& node) const
       loc.file = f;
     }
   }
+  if (best.empty() && (!node || node.Mark().is_null())) {
+    // A map made only to hold overrides (e.g. `tiling:` created by --set tiling.stages=2) has no
+    // place in the file: blame the layer that filled it.
+    for (const auto& [p, f] : origin_)
+      if (p.size() > path.size() && p.compare(0, path.size(), path) == 0 && p[path.size()] == '.') {
+        loc.file = f;
+        break;
+      }
+  }
   if (loc.file.rfind("--set", 0) == 0) return loc;  // command-line values have no line
   if (node && !node.Mark().is_null()) {
     loc.line = node.Mark().line + 1;
@@ -291,9 +370,12 @@ void YamlDoc::set_override(const std::string& rel_path, const std::string& value
   SourceLoc where{origin, 0, 0, join_path(root_path_, rel_path)};
   YAML::Node parsed;
   try {
-    parsed = YAML::Load(value);
-  } catch (const YAML::Exception& e) {
-    throw ConfigError(where, "malformed value '" + value + "': " + e.msg);
+    parsed = parse_text(value, origin, where.key_path);
+  } catch (const ConfigError& e) {
+    // The reason without parse_text's location (what() stops at a NUL byte, so check the prefix).
+    const std::string what = e.what(), prefix = e.loc().prefix();
+    const std::string reason = what.compare(0, prefix.size(), prefix) == 0 ? what.substr(prefix.size()) : what;
+    throw ConfigError(where, "malformed value '" + value + "': " + reason);
   }
   std::vector<std::string> parts;
   std::stringstream ss(rel_path);
@@ -340,6 +422,8 @@ void YamlDoc::replace(const std::string& rel_path, YAML::Node node, const std::s
 }
 
 void YamlDoc::check_unused(const YAML::Node& node, const std::string& path) const {
+  if (node.IsSequence())
+    for (size_t i = 0; i < node.size(); ++i) check_unused(node[i], fmt::format("{}[{}]", path, i));
   if (!node.IsMap()) return;
   for (const auto& kv : node) {
     const std::string key = kv.first.as<std::string>();

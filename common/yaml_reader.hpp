@@ -42,7 +42,7 @@ class YamlNode {
   // Map access. Every key asked for (present or not) becomes a candidate for did-you-mean.
   bool has(const std::string& key) const;
   YamlNode at(const std::string& key) const;                  // required
-  std::optional<YamlNode> get(const std::string& key) const;  // optional
+  std::optional<YamlNode> get(const std::string& key) const;  // optional; this node must be a map (or null)
   std::vector<std::string> keys() const;
   void consume_all() const;  // marks this subtree consumed (it is checked elsewhere)
 

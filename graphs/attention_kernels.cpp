@@ -137,7 +137,7 @@ kernels::SparseKvSource Executor::sparse_source(const OpNode& op, const std::str
     auto it = values_.find(idx.name);
     if (opt_.indices.distribution == "from_indexer") {
       if (it == values_.end())
-        throw ConfigError(op.loc, "indices: from_indexer times the attention on the indexer's own picks, which only a "
+        throw ConfigError(opt_.indices.where, "indices: from_indexer times the attention on the indexer's own picks, which only a "
                                   "functional run (npusim validate / run --functional) has; for timing, draw them "
                                   "(distribution: uniform or recent_biased)");
       local.assign(it->second.begin(), it->second.end());

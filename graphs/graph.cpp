@@ -346,6 +346,10 @@ void check_graph(const Graph& g) {
 
 namespace {
 
+// 2^48 elements (a 256 TiB tensor of one byte each) is far beyond any device; it keeps every size
+// and byte count the graph computes inside int64.
+constexpr int64_t kMaxElements = int64_t(1) << 48;
+
 std::vector<int64_t> parse_shape(const YamlNode& n, const std::map<std::string, int64_t>& dims) {
   if (!n.is_seq()) n.fail("expected a shape: a list of sizes or dimension names (e.g. [T, D] or [T*K, 4096])");
   std::vector<int64_t> shape;
@@ -359,21 +363,28 @@ std::vector<int64_t> parse_shape(const YamlNode& n, const std::map<std::string, 
       std::string f = text.substr(pos, star == std::string::npos ? std::string::npos : star - pos);
       f.erase(0, f.find_first_not_of(' '));
       f.erase(f.find_last_not_of(' ') + 1);
+      int64_t factor = 0;
       if (!f.empty() && std::all_of(f.begin(), f.end(), ::isdigit)) {
-        v *= std::stoll(f);
+        factor = f.size() <= 18 ? std::stoll(f) : kMaxElements + 1;
       } else if (auto it = dims.find(f); it != dims.end()) {
-        v *= it->second;
+        factor = it->second;
       } else {
         std::vector<std::string> names;
         for (const auto& [k, x] : dims) names.push_back(k);
         d.fail(fmt::format("unknown dimension '{}'{} (dims: {})", f, did_you_mean(f, names), fmt::join(names, ", ")));
       }
+      if (factor > kMaxElements || __builtin_mul_overflow(v, factor, &v) || v > kMaxElements)
+        d.fail(fmt::format("'{}' is beyond 2^48, the largest tensor npusim models", text));
       if (star == std::string::npos) break;
       pos = star + 1;
     }
     if (v <= 0) d.fail("dimensions must be > 0");
     shape.push_back(v);
   }
+  int64_t elements = 1;
+  for (int64_t x : shape)
+    if (__builtin_mul_overflow(elements, x, &elements) || elements > kMaxElements)
+      n.fail(fmt::format("a tensor of shape {} has more than 2^48 elements, the largest npusim models", shape_string(shape)));
   return shape;
 }
 

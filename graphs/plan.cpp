@@ -248,6 +248,10 @@ GraphRun Executor::run(const FusionPlan& plan) {
     kernels::Status st = b.kernel->can_implement(hw_);
     const OpNode& first = g_.ops[grp.ops[0]];
     if (!st.ok) throw ConfigError(first.loc, fmt::format("kernel {} ({}) cannot run: {}", grp.name, b.kernel->name(), st.reason));
+    if (const double n = b.kernel->estimated_instructions(); opt_.max_instructions > 0 && n > opt_.max_instructions)
+      throw ConfigError(first.loc, fmt::format("kernel {} ({}) would have about {:.3g} instructions, above the limit of "
+                                               "{:.3g}{}", grp.name, b.kernel->name(), n, opt_.max_instructions,
+                                               opt_.max_instructions_hint));
     const auto tensors = b.kernel->tensors();
     if (tensors.size() != b.bind.size())
       throw InternalError(fmt::format("{}: {} tensors, {} bindings", b.kernel->name(), tensors.size(), b.bind.size()));

@@ -60,6 +60,10 @@ struct GraphRunOptions {
   bool functional = false;
   kernels::InputSpec inputs;  // functional runs: the distribution of activations
   sim::SimOptions sim;
+  // Each kernel's estimated instruction count must stay at or below this (0: no limit); checked as
+  // soon as the kernel is built, before it is lowered. The message names how to raise it.
+  double max_instructions = 0;
+  std::string max_instructions_hint;
   // A `tiling:` section to apply over a kernel group's default tiling (tuned tilings), asked with
   // the group's name and its kernel as built; nullopt keeps the default.
   std::function<std::optional<nlohmann::json>(const std::string& group, const kernels::Kernel& k)> tiling_for;

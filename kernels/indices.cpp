@@ -12,7 +12,7 @@ namespace npusim::kernels {
 
 IndexSpec parse_index_spec(const YamlNode& n, const std::vector<std::string>& allowed) {
   IndexSpec s;
-  if (auto d = n.get("distribution")) s.distribution = d->as_enum(allowed);
+  if (auto d = n.get("distribution")) s.distribution = d->as_enum(allowed), s.where = d->loc();
   if (auto t = n.get("tau")) {
     s.recent_tau = t->as_positive_double();
     if (s.distribution != "recent_biased") t->fail("'tau' applies to distribution: recent_biased only");

@@ -25,6 +25,7 @@ struct IndexSpec {
   double recent_tau = 128;                     // recent_biased: distance scale of the power law
   int64_t sink_tokens = 4;                     // recent_biased: leading positions weighted as the newest
   uint64_t seed = 1;
+  SourceLoc where;  // the config's `distribution` key, for errors about the choice (empty: none given)
 };
 
 // Parses {distribution, tau, sink_tokens, seed}; `allowed` lists the distribution names the caller

@@ -131,7 +131,7 @@ ValidationReport validation_from_json(const Fields& f) {
   if (f.has("outputs")) {
     Fields outs = f.object("outputs");
     for (const auto& [name, o] : outs.json().items())
-      v.outputs.emplace_back(name, validation_from_json(outs.object(name)));
+      v.outputs.push_back({name, validation_from_json(outs.object(name))});
   }
   return v;
 }
@@ -225,7 +225,7 @@ std::string parameter_text(const std::string& path, const nlohmann::json& v) {
 // Reports of another major schema version mean other things by the same keys: refuse them.
 int checked_schema(const nlohmann::json& v, const std::string& source) {
   int major = -1;
-  if (v.is_number()) major = static_cast<int>(std::floor(v.get<double>()));
+  if (v.is_number() && v.get<double>() >= 0 && v.get<double>() < 1e6) major = static_cast<int>(v.get<double>());
   if (v.is_string()) major = std::atoi(v.get<std::string>().c_str());
   if (major < 0) fail(source, fmt::format("not an npusim report: schema_version is {}", v.dump()));
   if (major != kSchemaVersion)
@@ -359,8 +359,9 @@ class H5Reader {
     FlatReport r;
     r.source = src_;
     r.format = "hdf5";
-    if (H5Aexists(file.get(), "schema_version") <= 0)
-      fail(src_, "not an npusim report: an HDF5 file without a schema_version attribute");
+    const htri_t has_schema = H5Aexists(file.get(), "schema_version");
+    if (has_schema < 0) fail(src_, "cannot read it as HDF5 (damaged file?)");
+    if (has_schema == 0) fail(src_, "not an npusim report: an HDF5 file without a schema_version attribute");
     r.schema_version =
         checked_schema(nlohmann::json(int_attribute(file.get(), "schema_version")), src_);
     if (H5Aexists(file.get(), "key_columns") <= 0) fail(src_, "no key_columns attribute");
@@ -541,8 +542,15 @@ FlatReport flatten_report(const nlohmann::json& j, const std::string& source) {
   FlatReport r;
   r.source = source;
   r.schema_version = checked_schema(j["schema_version"], source);
-  if (j.value("kind", "") == "sweep" || j.contains("points")) return flatten_sweep(j, std::move(r));
-  if (j.contains("kernels") && j.contains("hardware")) return flatten_run(j, std::move(r));
+  if (j.contains("kind") && !j["kind"].is_string())
+    fail(source, fmt::format("key 'kind': should be a string, found {}", j["kind"].type_name()));
+  try {
+    if (j.value("kind", "") == "sweep" || j.contains("points")) return flatten_sweep(j, std::move(r));
+    if (j.contains("kernels") && j.contains("hardware")) return flatten_run(j, std::move(r));
+  } catch (const nlohmann::json::exception& e) {
+    // The readers check the keys they know; anything they missed is still a bad report, not a crash.
+    fail(source, fmt::format("malformed report: {}", e.what()));
+  }
   fail(source, "not an npusim report: neither a run ('kernels') nor a sweep ('points')");
 }
 
@@ -553,9 +561,17 @@ FlatReport read_report(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, fmt::format("cannot open it: {}", std::strerror(errno)));
   static constexpr char kHdf5Signature[8] = {'\x89', 'H', 'D', 'F', '\r', '\n', '\x1a', '\n'};
-  char head[8] = {};
+  char head[9] = {};
   in.read(head, sizeof head);
-  if (in.gcount() == sizeof head && std::memcmp(head, kHdf5Signature, sizeof head) == 0) {
+  if (in.gcount() >= 8 && std::memcmp(head, kHdf5Signature, sizeof kHdf5Signature) == 0) {
+    // npusim writes superblock version 3, whose metadata carries checksums: HDF5 then rejects a
+    // damaged file by its checksums. Older formats have none, and HDF5's parser is not safe against
+    // damaged metadata, so they are refused here.
+    const int superblock = in.gcount() == 9 ? static_cast<unsigned char>(head[8]) : -1;
+    if (superblock < 2)
+      fail(path, fmt::format("an HDF5 file with superblock version {}: npusim reads the checksummed format it writes "
+                             "(version 2 or later); compare the report.json beside it instead",
+                             superblock));
     in.close();
     return H5Reader(path).read();
   }

@@ -41,7 +41,13 @@ struct ValidationReport {
   // Kernels with several outputs: one report per output tensor. The fields above are then the
   // first output's figures, `passed` holds only when every output passes, and `failures` / `worst`
   // gather every output's, each failure prefixed with its output's name.
-  std::vector<std::pair<std::string, ValidationReport>> outputs;
+  struct Output;
+  std::vector<Output> outputs;
+};
+
+struct ValidationReport::Output {
+  std::string name;
+  ValidationReport report;
 };
 
 struct KernelReport {

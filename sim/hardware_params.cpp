@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <limits>
 #include <cmath>
 #include <functional>
 #include <map>
@@ -81,10 +82,13 @@ Decl integer(std::string name, std::string unit, std::string desc, bool required
              int64_t min = 1) {
   return Decl{{name, unit, desc}, required,
               [get, unit, min](HardwareSpec& s, const YamlNode& n) {
+                using T = std::remove_reference_t<decltype(get(s))>;
+                const double max = std::min(1e15, static_cast<double>(std::numeric_limits<T>::max()));
                 double v = parse_quantity(n, unit, true);
-                if (v != std::floor(v) || v < static_cast<double>(min) || v > 1e15)
+                if (v != std::floor(v) || v < static_cast<double>(min))
                   n.fail(fmt::format("expected an integer >= {}, found {}", min, n.as_string()));
-                get(s) = static_cast<std::remove_reference_t<decltype(get(s))>>(v);
+                if (v > max) n.fail(fmt::format("expected an integer <= {}, found {}", fmt_num(max), n.as_string()));
+                get(s) = static_cast<T>(v);
               },
               [get](const HardwareSpec& s) { return fmt::format("{}", get(const_cast<HardwareSpec&>(s))); }};
 }
@@ -95,8 +99,14 @@ std::vector<Decl> build_decls() {
   d.push_back({{"name", "", "preset name"}, true,
                [](S& s, const YamlNode& n) { s.name = n.as_string(); },
                [](const S& s) { return s.name; }});
-  d.push_back(integer("npu_arch", "", "NPU architecture: 2201 (910B/910C) or 3510 (950)", true,
-                      [](S& s) -> int& { return s.npu_arch; }));
+  d.push_back({{"npu_arch", "", "NPU architecture: 2201 (910B/910C) or 3510 (950)"}, true,
+               [](S& s, const YamlNode& n) {
+                 const int64_t v = n.as_int();
+                 if (v != 2201 && v != 3510)
+                   n.fail(fmt::format("npu_arch {} is not modelled; expected 2201 (910B/910C) or 3510 (950)", v));
+                 s.npu_arch = static_cast<int>(v);
+               },
+               [](const S& s) { return fmt::format("{}", s.npu_arch); }});
   d.push_back(number("freq_mhz", "MHz", "core clock", true, [](S& s) -> double& { return s.freq_mhz; }));
   d.push_back(integer("num_aic", "", "AI cube cores (AIC)", true, [](S& s) -> int& { return s.num_aic; }));
   d.push_back(integer("num_aiv", "", "AI vector cores (AIV)", true, [](S& s) -> int& { return s.num_aiv; }));

@@ -21,7 +21,7 @@ app::RunOutput run_kernel(const std::string& hw, std::unique_ptr<kernels::Kernel
 
 bool lse_passed(const app::RunOutput& out) {
   for (const auto& o : out.kernel.validation->outputs)
-    if (o.first == "lse") return o.second.passed;
+    if (o.name == "lse") return o.report.passed;
   return false;
 }
 

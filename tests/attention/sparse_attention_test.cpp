@@ -202,7 +202,8 @@ void expect_valid(const SparseAttentionShape& s, const SparseAttentionTiling& t,
   ASSERT_EQ(v.outputs.size(), 2u) << what << ": out and lse both judged";
   const std::string ctx = what + " " + run.kernel->tiling_json().dump() + describe(v);
   const auto golden = run.kernel->references(inputs_of(run), {});
-  const auto& out_t = run.kernel->tensors()[run.kernel->tensors().size() - 2];
+  const auto tensors = run.kernel->tensors();  // by value: a reference into the temporary would dangle
+  const kernels::TensorInfo& out_t = tensors[tensors.size() - 2];
   const kernels::Validation emu =
       kernels::validate_output(golden[0].same_precision, {golden[0].exact, {}}, kernels::tolerance_for(out_t.dtype), out_t.cols);
   for (const auto& [name, o] : v.outputs) {
