@@ -149,13 +149,16 @@ H5Id utf8_string_type(size_t size) {
   return t;
 }
 
+// Fixed-length, like the table columns: variable-length strings live in HDF5's global heap, which
+// has no checksum, and a damaged one can hang HDF5's reader (report_reader.cpp refuses them).
 void write_attribute(hid_t file, const char* name, const std::string& value) {
-  H5Id type = utf8_string_type(H5T_VARIABLE);
+  H5Id type = utf8_string_type(std::max<size_t>(value.size(), 1));
   H5Id space(H5Screate(H5S_SCALAR), H5Sclose, "make a scalar space");
   H5Id attr(H5Acreate2(file, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose,
             "create an attribute");
-  const char* text = value.c_str();
-  h5_check(H5Awrite(attr.get(), type.get(), &text), "write an attribute");
+  std::string text = value;
+  text.resize(std::max<size_t>(value.size(), 1), '\0');
+  h5_check(H5Awrite(attr.get(), type.get(), text.data()), "write an attribute");
 }
 
 void write_attribute(hid_t file, const char* name, int value) {
