@@ -77,14 +77,6 @@ int cmd_check(const RunArgs& a) {
 }
 
 // An output that cannot be written (missing folder, no permission, full disk) is the user's to fix.
-void write_output(const std::string& path, const std::string& text) {
-  try {
-    reports::write_file_atomic(path, text);
-  } catch (const std::runtime_error& e) {
-    throw ConfigError(e.what());
-  }
-}
-
 // run --tuned DB: a kernel the database has a validated best tiling for runs with it.
 // A model block looks each kernel of its plan up as it is built (shapes follow the routing).
 void use_tuned(const std::string& db_path, std::vector<app::LoadedRun>& runs) {
@@ -139,7 +131,7 @@ int cmd_run(const RunArgs& a, const std::string& cmdline) {
     rep.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count();
     reports_out.push_back(std::move(rep));
   }
-  if (!a.json.empty()) write_output(a.json, reports::to_json(reports_out.front()).dump(2) + "\n");
+  if (!a.json.empty()) reports::write_file_atomic(a.json, reports::to_json(reports_out.front()).dump(2) + "\n");
   if (!a.out.empty()) {
     std::error_code ec;
     std::filesystem::create_directories(a.out, ec);
@@ -148,11 +140,11 @@ int cmd_run(const RunArgs& a, const std::string& cmdline) {
     for (size_t i = 0; i < runs.size(); ++i) {
       std::string stem = std::filesystem::path(a.configs[i]).stem().string();
       for (int n = 2; !used.insert(stem).second; ++n) stem = std::filesystem::path(a.configs[i]).stem().string() + "_" + std::to_string(n);
-      write_output((std::filesystem::path(a.out) / (stem + ".json")).string(),
+      reports::write_file_atomic((std::filesystem::path(a.out) / (stem + ".json")).string(),
                                  reports::to_json(reports_out[i]).dump(2) + "\n");
     }
   }
-  if (!a.trace.empty()) write_output(a.trace, reports::trace_json(trace).dump() + "\n");
+  if (!a.trace.empty()) reports::write_file_atomic(a.trace, reports::trace_json(trace).dump() + "\n");
   bool all_passed = true;
   for (const auto& r : reports_out)
     for (const auto& k : r.kernels)

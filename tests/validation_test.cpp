@@ -269,5 +269,25 @@ TEST(FunctionalLimits, ARunThatWouldNotFitInMemoryIsRefusedWithTheSizeItNeeds) {
   unsetenv("NPUSIM_MAX_FUNCTIONAL_BYTES");
 }
 
+// The instruction limit (README "Limits") refuses a single kernel when the config is loaded and
+// each kernel of a model block before it is lowered; both messages say how to raise it.
+TEST(InstructionLimit, RefusedBeforeSimulationNamingTheLimitAndHowToRaiseIt) {
+  const auto expect_refusal = [](auto&& f, const std::string& what) {
+    try {
+      f();
+      ADD_FAILURE() << what << ": expected a refusal";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("above the limit of 1e+03"), std::string::npos) << what << ": " << e.what();
+      EXPECT_NE(std::string(e.what()).find("NPUSIM_MAX_INSTRUCTIONS"), std::string::npos) << what << ": " << e.what();
+    }
+  };
+  setenv("NPUSIM_MAX_INSTRUCTIONS", "1000", 1);
+  expect_refusal([] { (void)load(gemm_yaml(1024, 1024, 1024, "fp16", "fp16", "row_major", "row_major")); }, "gemm");
+  const std::string moe = std::string(NPUSIM_SOURCE_DIR) + "/configs/workloads/v4_flash_moe_decode.yaml";
+  const app::LoadedRun run = app::load_run(moe);  // a model block's kernels are built when it runs
+  expect_refusal([&] { (void)app::execute_graph(run, /*functional=*/false); }, "moe block");
+  unsetenv("NPUSIM_MAX_INSTRUCTIONS");
+}
+
 }  // namespace
 }  // namespace npusim
