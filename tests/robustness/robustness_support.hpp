@@ -22,6 +22,8 @@
 #include <thread>
 #include <vector>
 
+#include "workflow/workflow_support.hpp"
+
 namespace npusim::robustness_test {
 
 namespace fs = std::filesystem;
@@ -29,38 +31,15 @@ using Clock = std::chrono::steady_clock;
 
 inline const fs::path kSourceDir = NPUSIM_SOURCE_DIR;
 
-struct Result {
-  int exit_code = -1;  // the exit status, or -signal when killed
-  std::string out, err, command;
-};
-
-inline std::ostream& operator<<(std::ostream& os, const Result& r) {
-  return os << "\n$ " << r.command << "\nexit code: " << r.exit_code << "\n--- stdout ---\n"
-            << r.out << "--- stderr ---\n"
-            << r.err << "--------------";
-}
-
-inline std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+// The run result, whole-file reads and scratch folders are the workflow tests' own.
+using workflow_test::Result;
+using workflow_test::slurp;
 
 inline void spit(const fs::path& p, const std::string& text) {
   std::ofstream(p, std::ios::binary) << text;
 }
 
-// A fresh, empty folder for one test (CTest runs the tests of one executable as parallel
-// processes).
-inline fs::path scratch(const std::string& name) {
-  static int n = 0;
-  fs::path d = fs::path(::testing::TempDir()) /
-               ("npusim_rb_" + name + "_" + std::to_string(::getpid()) + "_" + std::to_string(n++));
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
+inline fs::path scratch(const std::string& name) { return workflow_test::scratch_dir("rb_" + name); }
 
 inline double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
