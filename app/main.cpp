@@ -131,7 +131,7 @@ int cmd_run(const RunArgs& a, const std::string& cmdline) {
     rep.wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count();
     reports_out.push_back(std::move(rep));
   }
-  if (!a.json.empty()) reports::write_file_atomic(a.json, reports::to_json(reports_out.front()).dump(2) + "\n");
+  if (!a.json.empty()) reports::write_file_atomic(a.json, reports::json_text(reports::to_json(reports_out.front())));
   if (!a.out.empty()) {
     std::error_code ec;
     std::filesystem::create_directories(a.out, ec);
@@ -141,10 +141,10 @@ int cmd_run(const RunArgs& a, const std::string& cmdline) {
       std::string stem = std::filesystem::path(a.configs[i]).stem().string();
       for (int n = 2; !used.insert(stem).second; ++n) stem = std::filesystem::path(a.configs[i]).stem().string() + "_" + std::to_string(n);
       reports::write_file_atomic((std::filesystem::path(a.out) / (stem + ".json")).string(),
-                                 reports::to_json(reports_out[i]).dump(2) + "\n");
+                                 reports::json_text(reports::to_json(reports_out[i])));
     }
   }
-  if (!a.trace.empty()) reports::write_file_atomic(a.trace, reports::trace_json(trace).dump() + "\n");
+  if (!a.trace.empty()) reports::write_file_atomic(a.trace, reports::json_text(reports::trace_json(trace), -1));
   bool all_passed = true;
   for (const auto& r : reports_out)
     for (const auto& k : r.kernels)

@@ -100,7 +100,7 @@ void write_report(const reports::SweepReport& report, const std::string& path) {
   // ConfigError naming it; anything else a writer refuses is the user's to fix as well.
   try {
     if (ext == ".json")
-      reports::write_file_atomic(path, reports::to_json(report).dump(2) + "\n");
+      reports::write_file_atomic(path, reports::json_text(reports::to_json(report)));
     else if (ext == ".csv")
       reports::write_file_atomic(path, reports::to_csv(report));
     else if (ext == ".html")

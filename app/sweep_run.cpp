@@ -136,7 +136,7 @@ PointOutcome simulate_point(const PlannedPoint& p, std::string& report_json) {
       rep.kernels.push_back(execute(run).kernel);
     }
     rep.wall_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-    report_json = reports::to_json(rep).dump(2) + "\n";
+    report_json = reports::json_text(reports::to_json(rep));
     o.ok = true;
   } catch (const SimError& e) {
     o.exit_code = kExitSim, o.error = fmt::format("simulation error: {}", e.what());

@@ -125,7 +125,7 @@ class TuneCommand : public Command {
     std::unique_ptr<tuner::TuningDb> db;
     if (!db_.empty()) db = std::make_unique<tuner::TuningDb>(db_);
     if (!export_.empty()) {
-      reports::write_file_atomic(export_, db->export_json().dump(2) + "\n");
+      reports::write_file_atomic(export_, reports::json_text(db->export_json()));
       if (config_.empty()) return kExitOk;
     }
     tuner::TuneOptions opt;
@@ -172,7 +172,7 @@ class TuneCommand : public Command {
       else if (!r.best || !r.rejected.empty()) rc = r.best && r.not_stored.empty() ? kExitOk : kExitMismatch;
     }
     best["command_line"] = command_line;
-    if (!json_.empty()) reports::write_file_atomic(json_, best.dump(2) + "\n");
+    if (!json_.empty()) reports::write_file_atomic(json_, reports::json_text(best));
     return rc;
   }
 

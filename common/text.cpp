@@ -1,6 +1,7 @@
 #include "common/text.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <numeric>
 
 namespace npusim {
@@ -59,6 +60,30 @@ std::string escape_markup(std::string_view s) {
     }
   }
   return out;
+}
+
+size_t invalid_utf8_at(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto b = static_cast<unsigned char>(s[i]);
+    int len = 0;
+    uint32_t cp = 0;
+    if (b < 0x80) len = 1, cp = b;
+    else if ((b & 0xE0) == 0xC0) len = 2, cp = b & 0x1F;
+    else if ((b & 0xF0) == 0xE0) len = 3, cp = b & 0x0F;
+    else if ((b & 0xF8) == 0xF0) len = 4, cp = b & 0x07;
+    else return i;
+    if (i + len > s.size()) return i;
+    for (int k = 1; k < len; ++k) {
+      const auto c = static_cast<unsigned char>(s[i + k]);
+      if ((c & 0xC0) != 0x80) return i;
+      cp = cp << 6 | (c & 0x3F);
+    }
+    static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return i;
+    i += len;
+  }
+  return std::string_view::npos;
 }
 
 }  // namespace npusim

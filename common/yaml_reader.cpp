@@ -56,6 +56,14 @@ SourceLoc mark_loc(const std::string& file, const YAML::Mark& m, const std::stri
 // as a key has no name to report or look up) and no map names a key twice (yaml-cpp keeps both and
 // lookups would see only the first).
 void check_structure(const YAML::Node& node, const std::string& file, const std::string& path) {
+  // Text goes into JSON reports, which must be UTF-8.
+  const auto check_text = [&](const YAML::Node& n, const std::string& p) {
+    if (const size_t at = invalid_utf8_at(n.Scalar()); at != std::string::npos)
+      throw ConfigError(mark_loc(file, n.Mark(), p),
+                        fmt::format("not UTF-8 text (byte 0x{:02X} at offset {}); configs are UTF-8",
+                                    static_cast<unsigned char>(n.Scalar()[at]), at));
+  };
+  if (node.IsScalar()) check_text(node, path);
   if (node.IsSequence()) {
     for (size_t i = 0; i < node.size(); ++i) check_structure(node[i], file, fmt::format("{}[{}]", path, i));
     return;
@@ -68,6 +76,7 @@ void check_structure(const YAML::Node& node, const std::string& file, const std:
                         fmt::format("a key must be a plain name, found {} used as a key", kind_name(kv.first)));
     const std::string& key = kv.first.Scalar();
     const std::string p = join_path(path, key);
+    check_text(kv.first, path);
     if (auto [it, fresh] = seen.emplace(key, kv.first.Mark()); !fresh)
       throw ConfigError(mark_loc(file, kv.first.Mark(), p),
                         fmt::format("duplicate key '{}' (first given at line {})", key, it->second.line + 1));

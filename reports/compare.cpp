@@ -465,7 +465,8 @@ std::string format_comparison(const Comparison& c, CompareFormat format, const F
     case CompareFormat::kMarkdown:
       return format_markdown(c, opt);
     case CompareFormat::kJson:
-      return comparison_json(c).dump(2) + "\n";
+      // Text from an HDF5 report is not checked for UTF-8: a bad byte prints as U+FFFD, not an error.
+      return comparison_json(c).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   }
   return "";
 }

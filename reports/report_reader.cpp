@@ -227,7 +227,7 @@ int checked_schema(const nlohmann::json& v, const std::string& source) {
   int major = -1;
   if (v.is_number() && v.get<double>() >= 0 && v.get<double>() < 1e6) major = static_cast<int>(v.get<double>());
   if (v.is_string()) major = std::atoi(v.get<std::string>().c_str());
-  if (major < 0) fail(source, fmt::format("not an npusim report: schema_version is {}", v.dump()));
+  if (major < 0) fail(source, fmt::format("not an npusim report: schema_version is {}", v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)));
   if (major != kSchemaVersion)
     fail(source,
          fmt::format("report schema {}, this npusim reads schema {}", major, kSchemaVersion));
@@ -245,7 +245,7 @@ std::vector<std::string> ordered_metrics(const std::set<std::string>& present) {
 }
 
 std::string key_text(const nlohmann::json& v) {
-  return v.is_string() ? v.get<std::string>() : v.dump();
+  return v.is_string() ? v.get<std::string>() : v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 FlatReport flatten_run(const nlohmann::json& j, FlatReport r) {

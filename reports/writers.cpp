@@ -315,4 +315,8 @@ void write_file_atomic(const std::string& path, const std::string& text) {
   }
 }
 
+std::string json_text(const nlohmann::json& j, int indent) {
+  return j.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+}
+
 }  // namespace npusim::reports

@@ -24,6 +24,11 @@ std::string format_validation(const std::string& kernel, const ValidationReport&
 // user must fix: exit 2) and leaves no temporary file behind.
 void write_file_atomic(const std::string& path, const std::string& text);
 
+// `j` as JSON text (indent < 0: one line) with a trailing newline. Text npusim did not read from
+// a config (file names, the command line) may hold bytes that are not UTF-8: they become U+FFFD
+// instead of an exception.
+std::string json_text(const nlohmann::json& j, int indent = 2);
+
 // Where a writer builds `path` before renaming it: the hidden sibling ".<name>.tmp-<host>-<pid>"
 // (no reader globbing *.json picks it up; the host and pid tell a dead writer's leftover).
 std::string temp_path_for(const std::string& path);
