@@ -570,6 +570,8 @@ FlatReport read_report(const std::string& path) {
   } catch (const nlohmann::json::parse_error& e) {
     fail(path, fmt::format("not an npusim report: neither HDF5 nor JSON (parse error at byte {})",
                            e.byte));
+  } catch (const nlohmann::json::exception& e) {  // e.g. a number beyond double's range
+    fail(path, fmt::format("not an npusim report: {}", e.what()));
   }
   return flatten_report(j, path);
 }
