@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <fstream>
 #include <functional>
 
 #include "kernels/gating.hpp"
@@ -16,14 +15,7 @@
 namespace npusim {
 namespace {
 
-app::LoadedRun load(const std::string& yaml) {
-  // CTest runs each test in its own process, in parallel: the test's name keeps the files apart.
-  static int n = 0;
-  const std::string file = testing::TempDir() + "/gating_" + testing::UnitTest::GetInstance()->current_test_info()->name() +
-                           "_" + std::to_string(n++) + ".yaml";
-  std::ofstream(file) << yaml;
-  return app::load_run(file);
-}
+app::LoadedRun load(const std::string& yaml) { return app::load_run(test::write_temp_config("gating", yaml)); }
 
 // A run config: the workload's keys (without braces), optional tiling and inputs.
 std::string gate_yaml(const std::string& workload, const std::string& tiling = "", const std::string& inputs = "",

@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <fstream>
 #include <numeric>
 
 #include "kernels/tensor_io.hpp"
@@ -19,13 +18,10 @@ using kernels::InitRoutingKernel;
 
 app::LoadedRun load(const std::string& workload, const std::string& tiling = "",
                     const std::string& hw = "ascend910b2") {
-  static int n = 0;
-  const std::string file = testing::TempDir() + "/init_routing_" + std::to_string(n++) + ".yaml";
-  std::ofstream(file) << "hardware: " << hw << "\nworkload: {op: init_routing, " << workload
-                      << "}\n"
-                      << (tiling.empty() ? "" : "tiling: " + tiling + "\n")
-                      << "inputs: {distribution: normal, seed: 5}\n";
-  return app::load_run(file);
+  return app::load_run(test::write_temp_config(
+      "init_routing", "hardware: " + hw + "\nworkload: {op: init_routing, " + workload + "}\n" +
+                          (tiling.empty() ? "" : "tiling: " + tiling + "\n") +
+                          "inputs: {distribution: normal, seed: 5}\n"));
 }
 
 // The toy shape of KERNELS.md 6.1: T 64, E 16, K 4, H 256.
