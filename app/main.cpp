@@ -76,7 +76,6 @@ int cmd_check(const RunArgs& a) {
   return kExitOk;
 }
 
-// An output that cannot be written (missing folder, no permission, full disk) is the user's to fix.
 // run --tuned DB: a kernel the database has a validated best tiling for runs with it.
 // A model block looks each kernel of its plan up as it is built (shapes follow the routing).
 void use_tuned(const std::string& db_path, std::vector<app::LoadedRun>& runs) {

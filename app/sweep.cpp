@@ -131,8 +131,7 @@ std::string describe_point(const SweepSpec& s, const PlannedPoint& p) {
 [[noreturn]] void rethrow_for_point(const ConfigError& e, const SweepSpec& s, const PlannedPoint& p,
                                     const std::vector<size_t>& pos) {
   const SourceLoc& l = e.loc();
-  std::string msg = e.what();
-  if (const std::string pre = l.prefix(); msg.rfind(pre, 0) == 0) msg = msg.substr(pre.size());
+  const std::string& msg = e.reason();
   if (l.file.rfind("--set ", 0) == 0) {
     const std::string arg = l.file.substr(6);
     const std::string key = arg.substr(0, arg.find('='));

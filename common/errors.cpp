@@ -16,6 +16,6 @@ std::string SourceLoc::prefix() const {
 }
 
 ConfigError::ConfigError(const SourceLoc& loc, const std::string& what)
-    : std::runtime_error(loc.prefix() + what), loc_(loc) {}
+    : std::runtime_error(loc.prefix() + what), loc_(loc), reason_(what) {}
 
 }  // namespace npusim

@@ -22,11 +22,14 @@ struct SourceLoc {
 class ConfigError : public std::runtime_error {
  public:
   ConfigError(const SourceLoc& loc, const std::string& what);
-  explicit ConfigError(const std::string& what) : std::runtime_error(what) {}
+  explicit ConfigError(const std::string& what) : std::runtime_error(what), reason_(what) {}
   const SourceLoc& loc() const { return loc_; }
+  // The message without the location prefix (what() is prefix + reason).
+  const std::string& reason() const { return reason_; }
 
  private:
   SourceLoc loc_;
+  std::string reason_;
 };
 
 class InternalError : public std::logic_error {

@@ -17,11 +17,11 @@ std::string did_you_mean(std::string_view word, const std::vector<std::string>& 
 // control characters other than tab and newline dropped (XML 1.0 has no way to write them).
 std::string escape_markup(std::string_view s);
 
-// "a, b, c"
 // The offset of the first byte that breaks UTF-8 (overlong forms, surrogates and code points
 // above U+10FFFF included), or npos when `s` is valid UTF-8.
 size_t invalid_utf8_at(std::string_view s);
 
+// "a, b, c"
 std::string join(const std::vector<std::string>& items, std::string_view sep = ", ");
 
 }  // namespace npusim

@@ -381,10 +381,7 @@ void YamlDoc::set_override(const std::string& rel_path, const std::string& value
   try {
     parsed = parse_text(value, origin, where.key_path);
   } catch (const ConfigError& e) {
-    // The reason without parse_text's location (what() stops at a NUL byte, so check the prefix).
-    const std::string what = e.what(), prefix = e.loc().prefix();
-    const std::string reason = what.compare(0, prefix.size(), prefix) == 0 ? what.substr(prefix.size()) : what;
-    throw ConfigError(where, "malformed value '" + value + "': " + reason);
+    throw ConfigError(where, "malformed value '" + value + "': " + e.reason());
   }
   std::vector<std::string> parts;
   std::stringstream ss(rel_path);

@@ -14,6 +14,7 @@
 #include "common/errors.hpp"
 #include "common/text.hpp"
 #include "reports/sweep_report.hpp"
+#include "reports/writers.hpp"
 
 namespace npusim::reports {
 namespace {
@@ -466,7 +467,7 @@ std::string format_comparison(const Comparison& c, CompareFormat format, const F
       return format_markdown(c, opt);
     case CompareFormat::kJson:
       // Text from an HDF5 report is not checked for UTF-8: a bad byte prints as U+FFFD, not an error.
-      return comparison_json(c).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+      return json_text(comparison_json(c));
   }
   return "";
 }
